@@ -1,0 +1,192 @@
+"""rag-sync: sync, search and status for people and scripts.
+
+`sync` runs a source's job through Dagster in this process, against the instance in DAGSTER_HOME, so its runs
+and materializations appear in the UI exactly like sensor-triggered ones.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from rag_sync_pipeline.settings import ConfigurationError, load_settings
+
+SUMMARY_KEYS = ("documents_added", "documents_updated", "documents_deleted", "documents_unchanged",
+                "documents_failed", "chunks_embedded", "chunks_reused")
+
+
+def _instance():
+    from dagster import DagsterInstance
+
+    if not os.environ.get("DAGSTER_HOME"):
+        home = Path.cwd() / ".dagster_home"
+        home.mkdir(exist_ok=True)
+        os.environ["DAGSTER_HOME"] = str(home)
+    return DagsterInstance.get()
+
+
+def _fail(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(2)
+
+
+def _stage_metadata(result) -> dict[str, dict]:
+    stages = {}
+    for event in result.get_asset_materialization_events():
+        materialization = event.event_specific_data.materialization
+        stage = materialization.asset_key.path[-1]
+        stages[stage] = {k: getattr(v, "value", v) for k, v in materialization.metadata.items()}
+    return stages
+
+
+def summarize(source: str, partition: str, run_id: str, success: bool, stages: dict[str, dict]) -> dict:
+    raw, final = stages.get("raw_documents", {}), stages.get("embeddings", {})
+    summary = {"source": source, "partition": partition, "run_id": run_id, "success": success}
+    for key in SUMMARY_KEYS[:4]:
+        summary[key] = int(raw.get(key, 0))
+    summary["documents_failed"] = sum(int(s.get("documents_failed", 0)) for s in stages.values())
+    summary["chunks_embedded"] = int(final.get("chunks_embedded", 0))
+    summary["chunks_reused"] = int(final.get("chunks_reused", 0))
+    summary["documents_total"] = int(final.get("documents_total", 0))
+    summary["chunks_total"] = int(final.get("rows_total", 0))
+    return summary
+
+
+@click.group()
+def main() -> None:
+    """Keep a RAG knowledge base in LanceDB in sync with its sources."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@main.command()
+@click.option("--source", "source_name", help="Only this source (default: every configured source).")
+@click.option("--partition", help="Only this partition (space, bucket, database, folder).")
+@click.option("--full-refresh", is_flag=True, help="Reprocess every document (vectors are still reused).")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def sync(source_name: str | None, partition: str | None, full_refresh: bool, as_json: bool) -> None:
+    """Sync partitions now, through Dagster, recorded in the instance."""
+    from rag_sync_pipeline.defs.assets import FULL_REFRESH_TAG, partitions_def_for
+    from rag_sync_pipeline.defs.jobs import sync_job_name
+    from rag_sync_pipeline.definitions import build_definitions
+    from rag_sync_pipeline.sources import SourceError, build_source
+
+    try:
+        settings = load_settings()
+        configs = [settings.source(source_name)] if source_name else list(settings.sources)
+    except ConfigurationError as error:
+        _fail(str(error))
+    if partition and not source_name and len(configs) > 1:
+        _fail("--partition needs --source when several sources are configured")
+    definitions = build_definitions(settings)
+    instance = _instance()
+    summaries = []
+    for config in configs:
+        partitions_name = partitions_def_for(config).name
+        source = build_source(config)
+        try:
+            available = source.partitions()
+        except SourceError as error:
+            _fail(str(error))
+        finally:
+            source.close()
+        known = set(instance.get_dynamic_partitions(partitions_name))
+        if partition and partition not in available and partition not in known:
+            _fail(f"source {config.name!r} has no partition {partition!r} (available: {', '.join(available) or 'none'})")
+        targets = [partition] if partition else sorted(set(available) | known)
+        new = [p for p in targets if p not in known]
+        if new:
+            instance.add_dynamic_partitions(partitions_name, new)
+        job = definitions.resolve_job_def(sync_job_name(config.name))
+        for target in targets:
+            tags = {"rag_sync/trigger": "cli", **({FULL_REFRESH_TAG: "true"} if full_refresh else {})}
+            result = job.execute_in_process(partition_key=target, instance=instance, tags=tags, raise_on_error=False)
+            summary = summarize(config.name, target, result.run_id, result.success, _stage_metadata(result))
+            if not result.success:
+                failure = next((e for e in result.all_events if e.is_failure), None)
+                summary["error"] = failure.message if failure else "run failed"
+            summaries.append(summary)
+            if not as_json:
+                state = "ok" if result.success else f"FAILED: {summary['error']}"
+                click.echo(f"{config.name}/{target}: {state} | " + ", ".join(f"{k}={summary[k]}" for k in SUMMARY_KEYS)
+                           + f" | run {result.run_id}")
+    if as_json:
+        click.echo(json.dumps(summaries if len(summaries) != 1 else summaries[0], indent=2))
+    sys.exit(0 if all(s["success"] for s in summaries) else 1)
+
+
+@main.command()
+@click.argument("query")
+@click.option("--source", "source_name", help="Only chunks of this source.")
+@click.option("--partition", help="Only chunks of this partition.")
+@click.option("-k", "k", default=5, show_default=True, help="How many chunks to return.")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+def search(query: str, source_name: str | None, partition: str | None, k: int, as_json: bool) -> None:
+    """Find the chunks closest to QUERY."""
+    from rag_sync_pipeline.store import LanceStore
+    from rag_sync_pipeline.transform.embedding import load_embedder
+
+    try:
+        settings = load_settings()
+    except ConfigurationError as error:
+        _fail(str(error))
+    embedder = load_embedder(settings.embedding_model, settings.embedding_device)
+    results = LanceStore(settings.lancedb_uri).search(embedder.encode([query])[0], k, source_name, partition)
+    if as_json:
+        click.echo(json.dumps(results, indent=2, ensure_ascii=False))
+        return
+    if not results:
+        click.echo("no results (has anything been synced into " + settings.lancedb_uri + "?)")
+    for rank, row in enumerate(results, 1):
+        click.echo(f"{rank}. [{row['score']:.3f}] {row['source']}/{row['partition']} · {row['title']}"
+                   + (f" › {row['heading_path']}" if row["heading_path"] else ""))
+        click.echo(f"   {row['url']}")
+        snippet = " ".join(row["text"].split())
+        click.echo(f"   {snippet[:300]}{'…' if len(snippet) > 300 else ''}")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+def status(as_json: bool) -> None:
+    """Each partition's documents, chunks, last sync and table version."""
+    from rag_sync_pipeline.store import LanceStore
+
+    try:
+        settings = load_settings()
+    except ConfigurationError as error:
+        _fail(str(error))
+    store = LanceStore(settings.lancedb_uri)
+    by_partition: dict[tuple[str, str], dict] = {}
+    for row in store.all_partition_states():
+        by_partition.setdefault((row["source"], row["partition"]), {})[row["stage"]] = row
+    failures: dict[tuple[str, str], int] = {}
+    for failure in store.failures():
+        failures[(failure["source"], failure["partition"])] = failures.get((failure["source"], failure["partition"]), 0) + 1
+    version = store.version("embeddings")
+    rows = []
+    for (source, partition), stages in sorted(by_partition.items()):
+        raw, final = stages.get("raw_documents", {}), stages.get("embeddings", {})
+        rows.append({
+            "source": source, "partition": partition, "documents": raw.get("documents", 0),
+            "chunks": final.get("rows", 0), "last_sync": str(final.get("updated_at") or raw.get("updated_at") or ""),
+            "in_sync": bool(raw) and raw.get("mark") == final.get("mark"),
+            "failures": failures.get((source, partition), 0), "table_version": version,
+        })
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("nothing synced yet")
+        return
+    header = f"{'source':<14}{'partition':<22}{'documents':>10}{'chunks':>8}{'failures':>9}  {'in sync':<8}{'last sync':<34}version"
+    click.echo(header)
+    for r in rows:
+        click.echo(f"{r['source']:<14}{r['partition']:<22}{r['documents']:>10}{r['chunks']:>8}{r['failures']:>9}  "
+                   f"{'yes' if r['in_sync'] else 'no':<8}{r['last_sync']:<34}{r['table_version']}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+"""The Definitions, built from the configuration when Dagster loads the code, never at import time."""
+
+from __future__ import annotations
+
+import os
+
+import dagster as dg
+
+from rag_sync_pipeline.defs.assets import build_source_assets, partitions_def_for
+from rag_sync_pipeline.defs.jobs import build_sync_job
+from rag_sync_pipeline.defs.resources import EmbeddingModelResource, LanceDBResource
+from rag_sync_pipeline.defs.sensors import build_sync_sensor
+from rag_sync_pipeline.settings import Settings, load_settings
+from rag_sync_pipeline.sources import SOURCE_TYPES
+
+
+def build_definitions(settings: Settings) -> dg.Definitions:
+    assets, jobs, sensors = [], [], []
+    for config in settings.sources:
+        partitions = partitions_def_for(config)
+        assets.extend(build_source_assets(config, settings))
+        job = build_sync_job(config, partitions)
+        jobs.append(job)
+        sensors.append(build_sync_sensor(config, settings, job, partitions, SOURCE_TYPES[config.type].external))
+    return dg.Definitions(
+        assets=assets,
+        jobs=jobs,
+        sensors=sensors,
+        resources={
+            "lancedb": LanceDBResource(uri=settings.lancedb_uri),
+            "embedding_model": EmbeddingModelResource(
+                model=settings.embedding_model, device=settings.embedding_device,
+                batch_size=settings.embedding_batch_size, max_tokens=settings.chunk_max_tokens),
+        },
+        # One process per run: the model loads once, and LanceDB's runtime is never forked.
+        executor=dg.in_process_executor,
+    )
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    return build_definitions(load_settings())

@@ -1,0 +1,1 @@
+"""Dagster wiring: the asset, check and sensor factories, resources, jobs and the Definitions."""

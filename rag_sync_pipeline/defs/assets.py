@@ -1,0 +1,112 @@
+"""The asset factory: four partitioned stage assets per source, one DynamicPartitionsDefinition each.
+
+    <source>/raw_documents -> <source>/markdown -> <source>/chunks -> <source>/embeddings
+
+Everything a run needs comes from its partition key, its tags and the resources, so a sensor-triggered run,
+a backfill from the UI and `rag-sync sync` do exactly the same work. The source client is built inside the
+run from the configuration and the environment, so no secret is part of the definitions or of run config.
+"""
+
+
+import dagster as dg
+
+from rag_sync_pipeline.defs import checks
+from rag_sync_pipeline.defs.resources import EmbeddingModelResource, LanceDBResource
+from rag_sync_pipeline.settings import Settings, SourceConfig
+from rag_sync_pipeline.sources import PartitionError, build_source
+from rag_sync_pipeline.store import LanceStore
+from rag_sync_pipeline.sync import StageReport, StageRun, sync_chunks, sync_embeddings, sync_markdown, sync_raw
+
+FULL_REFRESH_TAG = "rag_sync/full_refresh"
+STAGE_DESCRIPTIONS = {
+    "raw_documents": "Documents as the source serves them, fetched only when their version token moved.",
+    "markdown": "Each document converted to Markdown, with its title, url and hierarchy path.",
+    "chunks": "Structure-aware chunks bounded by the embedding model's token window, with heading paths.",
+    "embeddings": "The table RAG applications query: id, vector, text, metadata, plus filter columns.",
+}
+
+
+def partitions_def_for(config: SourceConfig) -> dg.DynamicPartitionsDefinition:
+    return dg.DynamicPartitionsDefinition(name=f"{config.name}_partitions")
+
+
+def stage_key(config: SourceConfig, stage: str) -> dg.AssetKey:
+    return dg.AssetKey([config.name, stage])
+
+
+def _stage_run(context: dg.AssetExecutionContext, store: LanceStore, config: SourceConfig,
+               settings: Settings) -> StageRun:
+    return StageRun(
+        store=store,
+        source=config.name,
+        partition=context.partition_key,
+        run_id=context.run.run_id,
+        full_refresh=context.run.tags.get(FULL_REFRESH_TAG, "").lower() == "true",
+        documents_per_commit=settings.documents_per_commit,
+        log=context.log.info,
+    )
+
+
+def _metadata(report: StageReport, store: LanceStore, table: str) -> dict:
+    metadata = {k: v for k, v in report.as_dict().items() if k not in {"stage", "failures", "mark"}}
+    metadata["table_version"] = store.version(table) or 0
+    metadata["mark"] = report.mark or ""
+    if report.failures:
+        metadata["failures"] = dg.MetadataValue.md("\n".join(f"- {f}" for f in report.failures))
+    return metadata
+
+
+def build_source_assets(config: SourceConfig, settings: Settings) -> list[dg.AssetsDefinition]:
+    partitions = partitions_def_for(config)
+    common = dict(partitions_def=partitions, group_name=config.name, kinds={"lancedb", "python"})
+
+    @dg.asset(key=stage_key(config, "raw_documents"), description=STAGE_DESCRIPTIONS["raw_documents"],
+              check_specs=checks.specs_for("raw_documents", stage_key(config, "raw_documents")),
+              pool=f"{config.type}_api", **common)
+    def raw_documents(context: dg.AssetExecutionContext, lancedb: LanceDBResource) -> dg.MaterializeResult:
+        store = lancedb.get_store()
+        source = build_source(config)
+        try:
+            report = sync_raw(_stage_run(context, store, config, settings), source)
+        except PartitionError as error:
+            raise dg.Failure(description=str(error)) from None
+        finally:
+            source.close()
+        return dg.MaterializeResult(metadata=_metadata(report, store, "raw_documents"),
+                                    check_results=[checks.failures_check(report)])
+
+    @dg.asset(key=stage_key(config, "markdown"), deps=[raw_documents], description=STAGE_DESCRIPTIONS["markdown"],
+              check_specs=checks.specs_for("markdown", stage_key(config, "markdown")), **common)
+    def markdown(context: dg.AssetExecutionContext, lancedb: LanceDBResource) -> dg.MaterializeResult:
+        store = lancedb.get_store()
+        report = sync_markdown(_stage_run(context, store, config, settings))
+        return dg.MaterializeResult(metadata=_metadata(report, store, "markdown"),
+                                    check_results=[checks.failures_check(report)])
+
+    @dg.asset(key=stage_key(config, "chunks"), deps=[markdown], description=STAGE_DESCRIPTIONS["chunks"],
+              check_specs=checks.specs_for("chunks", stage_key(config, "chunks")), **common)
+    def chunks(context: dg.AssetExecutionContext, lancedb: LanceDBResource,
+               embedding_model: EmbeddingModelResource) -> dg.MaterializeResult:
+        store = lancedb.get_store()
+        chunker = embedding_model.get_chunker()
+        run = _stage_run(context, store, config, settings)
+        report = sync_chunks(run, chunker, embedding_model.get_embedder().model_id)
+        return dg.MaterializeResult(
+            metadata=_metadata(report, store, "chunks"),
+            check_results=[checks.token_window_check(store, config.name, run.partition, chunker.max_tokens)])
+
+    @dg.asset(key=stage_key(config, "embeddings"), deps=[chunks], description=STAGE_DESCRIPTIONS["embeddings"],
+              check_specs=checks.specs_for("embeddings", stage_key(config, "embeddings")), **common)
+    def embeddings(context: dg.AssetExecutionContext, lancedb: LanceDBResource,
+                   embedding_model: EmbeddingModelResource) -> dg.MaterializeResult:
+        store = lancedb.get_store()
+        embedder = embedding_model.get_embedder()
+        run = _stage_run(context, store, config, settings)
+        report = sync_embeddings(run, embedder)
+        metadata = {**_metadata(report, store, "embeddings"), "model": embedder.model_id}
+        return dg.MaterializeResult(metadata=metadata, check_results=[
+            checks.vectors_check(store, config.name, run.partition, embedder.dimension),
+            checks.orphans_check(store, config.name, run.partition),
+        ])
+
+    return [raw_documents, markdown, chunks, embeddings]

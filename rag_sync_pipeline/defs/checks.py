@@ -1,0 +1,64 @@
+"""Asset checks for the invariants of DESIGN.md, evaluated for the partition a run just wrote."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from rag_sync_pipeline.store import LanceStore
+from rag_sync_pipeline.store import schemas
+from rag_sync_pipeline.store.lance import partition_filter
+from rag_sync_pipeline.sync import StageReport
+
+NO_FAILURES = "no_document_failures"
+WITHIN_TOKEN_WINDOW = "chunks_within_token_window"
+VECTORS_COMPLETE = "every_chunk_has_a_vector"
+NO_ORPHANS = "no_chunks_of_deleted_documents"
+
+
+def specs_for(stage: str, asset_key: dg.AssetKey) -> list[dg.AssetCheckSpec]:
+    names = {
+        "raw_documents": [(NO_FAILURES, "Every listed document could be fetched.")],
+        "markdown": [(NO_FAILURES, "Every document could be converted to Markdown.")],
+        "chunks": [(WITHIN_TOKEN_WINDOW, "No chunk is longer than the model's token window.")],
+        "embeddings": [
+            (VECTORS_COMPLETE, "Every chunk of the partition has a vector of the model's size."),
+            (NO_ORPHANS, "No searchable chunk belongs to a document the source no longer has."),
+        ],
+    }[stage]
+    return [dg.AssetCheckSpec(name, asset=asset_key, description=text) for name, text in names]
+
+
+def failures_check(report: StageReport) -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(
+        check_name=NO_FAILURES,
+        passed=report.documents_failed == 0,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={"documents_failed": report.documents_failed, "first_failures": "\n".join(report.failures[:5])},
+    )
+
+
+def token_window_check(store: LanceStore, source: str, partition: str, max_tokens: int) -> dg.AssetCheckResult:
+    counts = store.read(schemas.CHUNKS_TABLE, partition_filter(source, partition), ["token_count"])
+    longest = max(counts.column("token_count").to_pylist(), default=0)
+    return dg.AssetCheckResult(check_name=WITHIN_TOKEN_WINDOW, passed=longest <= max_tokens,
+                               metadata={"longest_chunk_tokens": longest, "max_tokens": max_tokens})
+
+
+def vectors_check(store: LanceStore, source: str, partition: str, dimension: int) -> dg.AssetCheckResult:
+    scope = partition_filter(source, partition)
+    chunk_ids = set(store.read(schemas.CHUNKS_TABLE, scope, ["id"]).column("id").to_pylist())
+    rows = store.read(schemas.EMBEDDINGS_TABLE, scope, ["id", "vector"]).to_pylist()
+    with_vector = {r["id"] for r in rows if r["vector"] is not None and len(r["vector"]) == dimension}
+    missing = len(chunk_ids - with_vector)
+    return dg.AssetCheckResult(check_name=VECTORS_COMPLETE, passed=missing == 0,
+                               metadata={"chunks": len(chunk_ids), "chunks_without_vector": missing,
+                                         "dimension": dimension})
+
+
+def orphans_check(store: LanceStore, source: str, partition: str) -> dg.AssetCheckResult:
+    live = set(store.read_ledger("raw_documents", source, partition))
+    indexed = set(store.read(schemas.EMBEDDINGS_TABLE, partition_filter(source, partition), ["doc_id"])
+                  .column("doc_id").to_pylist())
+    orphans = sorted(indexed - live)
+    return dg.AssetCheckResult(check_name=NO_ORPHANS, passed=not orphans,
+                               metadata={"orphan_documents": len(orphans), "examples": ", ".join(orphans[:5])})

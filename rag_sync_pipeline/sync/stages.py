@@ -1,0 +1,281 @@
+"""The four stages. Each makes its table for one partition consistent with its upstream:
+
+    source listing -> raw_documents -> markdown -> chunks -> embeddings
+
+Every stage reads its upstream's versions and its own ledger (the upstream version it last handled per
+document), handles only the difference, and commits per batch of documents: first the rows (one atomic
+`merge_insert`), then the ledger. A run killed in between leaves the old rows or the new ones; the ledger then
+still names the old version, so the next run redoes that batch, which writes the same ids again. A stage's mark
+(the source high-water mark its table now covers) is written only after its last batch, and is what the
+sensor compares with the source.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+from typing import Any
+
+from rag_sync_pipeline.identity import canonical_json, chunk_id, document_key, sha256_hex
+from rag_sync_pipeline.sources import DocumentError, Source
+from rag_sync_pipeline.store import LanceStore, LedgerEntry
+from rag_sync_pipeline.store import schemas
+from rag_sync_pipeline.store.lance import now, partition_filter
+from rag_sync_pipeline.sync.plan import batched, plan_stage
+from rag_sync_pipeline.sync.report import StageReport
+from rag_sync_pipeline.transform.chunking import MarkdownChunker
+from rag_sync_pipeline.transform.embedding import Embedder
+from rag_sync_pipeline.transform.markdown import ConversionError, to_markdown
+
+STAGES = ("raw_documents", "markdown", "chunks", "embeddings")
+CHUNKER_VERSION = "sections-v1"
+
+
+@dataclass
+class StageRun:
+    """Everything a stage needs for one partition; the same whatever launched the run."""
+
+    store: LanceStore
+    source: str
+    partition: str
+    run_id: str = ""
+    full_refresh: bool = False
+    documents_per_commit: int = 200
+    log: Callable[[str], None] = field(default=print)
+
+
+@dataclass
+class BatchOutput:
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    doc_hashes: dict[str, str] = field(default_factory=dict)
+    failures: dict[str, str] = field(default_factory=dict)
+
+
+def _reconcile(run: StageRun, stage: str, table: str, schema, key: str, upstream: dict[str, str],
+               complete: bool, transform: Callable[[list[str]], BatchOutput], report: StageReport) -> None:
+    ledger = run.store.read_ledger(stage, run.source, run.partition)
+    plan = plan_stage(upstream, ledger, complete=complete, full_refresh=run.full_refresh)
+    report.documents_unchanged = plan.unchanged
+    scope = partition_filter(run.source, run.partition)
+    added = set(plan.added)
+    if plan.to_process or plan.deleted:
+        run.log(f"{stage} {run.source}/{run.partition}: {len(plan.added)} new, {len(plan.changed)} changed, "
+                f"{len(plan.deleted)} deleted, {plan.unchanged} unchanged")
+
+    for batch in batched(plan.to_process, run.documents_per_commit):
+        output = transform(batch)
+        succeeded = [d for d in batch if d not in output.failures]
+        run.store.replace_documents(table, schema, key, scope, succeeded, output.rows)
+        entries = {d: LedgerEntry(upstream[d], output.doc_hashes[d]) for d in succeeded}
+        for doc_id, message in output.failures.items():
+            # Keep what was indexed: the old rows stay, and so does the hash downstream stages know.
+            previous = ledger.get(doc_id)
+            entries[doc_id] = LedgerEntry(upstream[doc_id], previous.doc_hash if previous else None)
+            report.add_failure(message)
+            run.log(f"failed: {message}")
+        run.store.write_ledger(stage, run.source, run.partition, batch, entries)
+        run.store.record_failures(stage, run.source, run.partition, batch,
+                                  {d: (upstream[d], m) for d, m in output.failures.items()}, run.run_id)
+        for doc_id in succeeded:
+            if doc_id in added:
+                report.documents_added += 1
+            elif ledger[doc_id].doc_hash == output.doc_hashes[doc_id] and not run.full_refresh:
+                report.documents_unchanged += 1
+            else:
+                report.documents_updated += 1
+
+    for batch in batched(plan.deleted, run.documents_per_commit):
+        run.store.replace_documents(table, schema, key, scope, batch, [])
+        run.store.write_ledger(stage, run.source, run.partition, batch, {})
+        run.store.record_failures(stage, run.source, run.partition, batch, {}, run.run_id)
+        report.documents_deleted += len(batch)
+
+
+def _finish(run: StageRun, stage: str, table: str, mark: str | None, report: StageReport, started: float) -> StageReport:
+    ledger = run.store.read_ledger(stage, run.source, run.partition)
+    report.documents_total = sum(1 for entry in ledger.values() if entry.doc_hash is not None)
+    report.rows_total = run.store.count_rows(table, partition_filter(run.source, run.partition))
+    report.mark = mark
+    run.store.write_partition_state(run.source, run.partition, stage, mark, report.documents_total,
+                                    report.rows_total, run.run_id)
+    report.duration_s = round(time.monotonic() - started, 3)
+    return report
+
+
+def _upstream(run: StageRun, stage: str) -> tuple[dict[str, str], str | None]:
+    """The upstream stage's document hashes and the mark it committed, read before any work starts."""
+    state = run.store.read_partition_state(run.source, run.partition).get(stage)
+    ledger = run.store.read_ledger(stage, run.source, run.partition)
+    hashes = {doc_id: entry.doc_hash for doc_id, entry in ledger.items() if entry.doc_hash is not None}
+    return hashes, state["mark"] if state else None
+
+
+def _document_fields(run: StageRun, doc_id: str, row: dict[str, Any]) -> dict[str, Any]:
+    return {"source": run.source, "partition": run.partition, "doc_id": doc_id, "title": row["title"],
+            "url": row["url"], "path": row["path"], "last_modified": row["last_modified"]}
+
+
+# -- raw_documents: the source's documents, fetched only when their version token moved ----------------
+
+def sync_raw(run: StageRun, source: Source, *, full_listing: bool = True) -> StageReport:
+    """Fetch new and changed documents; drop deleted ones when the listing is complete.
+
+    `full_listing=False` lets an incremental source list only what moved since the committed mark.
+    """
+    started, report = time.monotonic(), StageReport("raw_documents")
+    calls_before = source.api_calls
+    committed = run.store.read_partition_state(run.source, run.partition).get("raw_documents")
+    since = None if full_listing or run.full_refresh or not committed else committed["mark"]
+    listing = source.list_documents(run.partition, since)
+    upstream = {ref.doc_id: ref.version for ref in listing.refs}
+    refs = {ref.doc_id: ref for ref in listing.refs}
+
+    def fetch(batch: list[str]) -> BatchOutput:
+        output = BatchOutput()
+        for doc_id in batch:
+            try:
+                document = source.fetch(run.partition, refs[doc_id])
+            except DocumentError as error:
+                output.failures[doc_id] = str(error)
+                continue
+            path = " / ".join(document.path)
+            metadata_json = canonical_json(document.metadata)
+            doc_hash = sha256_hex(document.content, document.content_type, document.title, document.url, path,
+                                  metadata_json)
+            output.doc_hashes[doc_id] = doc_hash
+            output.rows.append({
+                "key": document_key(run.source, run.partition, doc_id), "source": run.source,
+                "partition": run.partition, "doc_id": doc_id, "title": document.title, "url": document.url,
+                "path": path, "last_modified": document.last_modified, "version": document.version,
+                "doc_hash": doc_hash, "content_type": document.content_type, "content": document.content,
+                "metadata_json": metadata_json, "synced_at": now(),
+            })
+        return output
+
+    _reconcile(run, "raw_documents", schemas.RAW_TABLE, schemas.RAW_SCHEMA, "key", upstream, listing.complete,
+               fetch, report)
+    report.api_calls = source.api_calls - calls_before
+    return _finish(run, "raw_documents", schemas.RAW_TABLE, listing.mark, report, started)
+
+
+# -- markdown: every format to Markdown ------------------------------------------------------------------
+
+def sync_markdown(run: StageRun) -> StageReport:
+    started, report = time.monotonic(), StageReport("markdown")
+    upstream, mark = _upstream(run, "raw_documents")
+
+    def convert(batch: list[str]) -> BatchOutput:
+        output = BatchOutput()
+        for row in run.store.read_documents(schemas.RAW_TABLE, run.source, run.partition, batch):
+            doc_id = row["doc_id"]
+            try:
+                markdown, found_title = to_markdown(row["content"], row["content_type"])
+            except ConversionError as error:
+                output.failures[doc_id] = f"{run.source} document {doc_id!r} in {run.partition}: {error}"
+                continue
+            title = row["title"] or found_title or PurePosixPath(doc_id).stem
+            fields = {**_document_fields(run, doc_id, row), "title": title}
+            doc_hash = sha256_hex(markdown, title, row["url"] or "", row["path"] or "", row["metadata_json"] or "")
+            output.doc_hashes[doc_id] = doc_hash
+            output.rows.append({"key": row["key"], **fields, "doc_hash": doc_hash, "markdown": markdown,
+                                "metadata_json": row["metadata_json"], "synced_at": now()})
+        _missing_rows_fail(run, batch, output, "raw_documents")
+        return output
+
+    _reconcile(run, "markdown", schemas.MARKDOWN_TABLE, schemas.MARKDOWN_SCHEMA, "key", upstream, True, convert,
+               report)
+    return _finish(run, "markdown", schemas.MARKDOWN_TABLE, mark, report, started)
+
+
+def _missing_rows_fail(run: StageRun, batch: list[str], output: BatchOutput, upstream_stage: str) -> None:
+    """A document the upstream ledger names but whose rows are gone is retried, never silently dropped."""
+    for doc_id in batch:
+        if doc_id not in output.doc_hashes and doc_id not in output.failures:
+            output.failures[doc_id] = (f"{run.source} document {doc_id!r} in {run.partition}: no rows in "
+                                       f"{upstream_stage}; re-run with full refresh")
+
+
+# -- chunks: structure-aware, token-bounded --------------------------------------------------------------
+
+def sync_chunks(run: StageRun, chunker: MarkdownChunker, chunker_id: str) -> StageReport:
+    started, report = time.monotonic(), StageReport("chunks")
+    upstream, mark = _upstream(run, "markdown")
+    fingerprint = f"{CHUNKER_VERSION}:{chunker_id}:{chunker.max_tokens}"
+
+    def split(batch: list[str]) -> BatchOutput:
+        output = BatchOutput()
+        for row in run.store.read_documents(schemas.MARKDOWN_TABLE, run.source, run.partition, batch):
+            doc_id = row["doc_id"]
+            fields = _document_fields(run, doc_id, row)
+            occurrences: dict[str, int] = {}
+            for index, chunk in enumerate(chunker.chunk(row["markdown"])):
+                text_hash = sha256_hex(chunk.text)
+                occurrence = occurrences.get(text_hash, 0)
+                occurrences[text_hash] = occurrence + 1
+                output.rows.append({
+                    "id": chunk_id(run.source, run.partition, doc_id, text_hash, occurrence), **fields,
+                    "chunk_index": index, "text": chunk.text, "text_hash": text_hash,
+                    "heading_path": " > ".join(chunk.heading_path), "token_count": chunk.token_count,
+                    "metadata_json": row["metadata_json"],
+                })
+            output.doc_hashes[doc_id] = sha256_hex(row["doc_hash"], fingerprint)
+        _missing_rows_fail(run, batch, output, "markdown")
+        report.chunks_written += len(output.rows)
+        return output
+
+    _reconcile(run, "chunks", schemas.CHUNKS_TABLE, schemas.CHUNKS_SCHEMA, "id", upstream, True, split, report)
+    return _finish(run, "chunks", schemas.CHUNKS_TABLE, mark, report, started)
+
+
+# -- embeddings: the final table; a vector is reused whenever (model, chunk text) is unchanged -----------
+
+def _cached_vectors(run: StageRun, model_id: str, text_hashes: list[str]) -> dict[str, list[float]]:
+    from rag_sync_pipeline.store.lance import in_list, quote
+
+    cached: dict[str, list[float]] = {}
+    if run.store.table(schemas.EMBEDDINGS_TABLE) is None:
+        return cached
+    for group in batched(sorted(set(text_hashes)), 500):
+        where = f"model_id = {quote(model_id)} AND {in_list('text_hash', group)}"
+        for row in run.store.read(schemas.EMBEDDINGS_TABLE, where, ["text_hash", "vector"]).to_pylist():
+            cached.setdefault(row["text_hash"], row["vector"])
+    return cached
+
+
+def sync_embeddings(run: StageRun, embedder: Embedder) -> StageReport:
+    started, report = time.monotonic(), StageReport("embeddings")
+    upstream, mark = _upstream(run, "chunks")
+    schema = schemas.embeddings_schema(embedder.dimension)
+    existing = run.store.table(schemas.EMBEDDINGS_TABLE)
+    if existing is not None and existing.schema.field("vector").type != schema.field("vector").type:
+        raise ValueError(f"table {schemas.EMBEDDINGS_TABLE} holds vectors of type "
+                         f"{existing.schema.field('vector').type}, but model {embedder.model_id} makes "
+                         f"{schema.field('vector').type}")
+
+    def embed(batch: list[str]) -> BatchOutput:
+        output = BatchOutput()
+        chunks = run.store.read_documents(schemas.CHUNKS_TABLE, run.source, run.partition, batch)
+        vectors = _cached_vectors(run, embedder.model_id, [c["text_hash"] for c in chunks])
+        missing = {c["text_hash"]: c["text"] for c in chunks if c["text_hash"] not in vectors}
+        if missing:
+            for text_hash, vector in zip(missing, embedder.encode(list(missing.values()))):
+                vectors[text_hash] = vector.tolist()
+        report.chunks_embedded += len(missing)
+        report.chunks_reused += len(chunks) - sum(1 for c in chunks if c["text_hash"] in missing)
+        for chunk in chunks:
+            metadata = {k: chunk[k] for k in ("source", "partition", "doc_id", "title", "url", "heading_path",
+                                              "path", "last_modified", "chunk_index")}
+            output.rows.append({
+                "id": chunk["id"], "vector": vectors[chunk["text_hash"]], "text": chunk["text"],
+                "metadata": {**metadata, "extra": chunk["metadata_json"]}, **metadata,
+                "text_hash": chunk["text_hash"], "model_id": embedder.model_id,
+            })
+        for doc_id in batch:
+            output.doc_hashes[doc_id] = sha256_hex(upstream[doc_id], embedder.model_id)
+        report.chunks_written += len(output.rows)
+        return output
+
+    _reconcile(run, "embeddings", schemas.EMBEDDINGS_TABLE, schema, "id", upstream, True, embed, report)
+    return _finish(run, "embeddings", schemas.EMBEDDINGS_TABLE, mark, report, started)

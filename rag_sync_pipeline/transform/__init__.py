@@ -1,0 +1,1 @@
+"""Pure functions: source content -> Markdown -> chunks -> vectors. No I/O beyond loading the model."""
