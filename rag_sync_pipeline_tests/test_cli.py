@@ -1,0 +1,74 @@
+"""rag-sync as a user runs it: a real subprocess against a DAGSTER_HOME and a LanceDB on disk."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+RAG_SYNC = str(Path(sys.executable).parent / "rag-sync")
+
+
+@pytest.fixture
+def cli_env(local_env, tmp_path):
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    local_env.setenv("DAGSTER_HOME", str(home))
+    return dict(os.environ)
+
+
+def rag_sync(env, *args, check=True) -> subprocess.CompletedProcess:
+    result = subprocess.run([RAG_SYNC, *args], env=env, capture_output=True, text=True, timeout=600)
+    if check:
+        assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def test_sync_search_status_round_trip(cli_env, corpus):
+    summary = json.loads(rag_sync(cli_env, "sync", "--source", "local", "--partition", "hr", "--json").stdout)
+    assert summary["success"] and summary["partition"] == "hr"
+    assert summary["documents_added"] == 2 and summary["chunks_embedded"] == summary["chunks_total"] == 2
+    assert summary["documents_failed"] == 0
+
+    hits = json.loads(rag_sync(cli_env, "search", "how much is reimbursed for meals", "--json", "-k", "2").stdout)
+    assert hits[0]["doc_id"] == "expenses.md" and "EUR 45 per day" in hits[0]["text"]
+    assert hits[0]["title"] == "Expenses" and hits[0]["url"].startswith("file://") and hits[0]["score"] > 0.3
+    assert {"source", "partition", "heading_path"} <= hits[0].keys()
+
+    (corpus / "hr" / "leave.txt").unlink()
+    again = json.loads(rag_sync(cli_env, "sync", "--source", "local", "--partition", "hr", "--json").stdout)
+    assert again["documents_deleted"] == 1 and again["chunks_embedded"] == 0 and again["documents_unchanged"] == 1
+
+    [row] = json.loads(rag_sync(cli_env, "status", "--json").stdout)
+    assert (row["source"], row["partition"], row["documents"], row["chunks"], row["in_sync"]) == ("local", "hr", 1, 1, True)
+    assert row["table_version"] > 0 and row["last_sync"]
+    assert "hr" in rag_sync(cli_env, "status").stdout
+
+    # The runs were recorded in the instance, as runs of the named job, so the UI shows them.
+    with dg.DagsterInstance.from_config(cli_env["DAGSTER_HOME"]) as instance:
+        runs = instance.get_runs(filters=dg.RunsFilter(job_name="local_sync", tags={"dagster/partition": "hr"}))
+        assert len(runs) == 2 and all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs)
+        assert instance.get_dynamic_partitions("local_partitions") == ["hr"]
+
+
+def test_sync_without_partition_syncs_every_partition_and_plain_output_reads_well(cli_env):
+    result = rag_sync(cli_env, "sync")
+    lines = [line for line in result.stdout.splitlines() if line.startswith("local/")]
+    assert [line.split(":")[0] for line in lines] == ["local/eng", "local/hr"]
+    assert all("ok |" in line and "documents_added=" in line for line in lines)
+    search = rag_sync(cli_env, "search", "which vector database did we choose", "-k", "1").stdout
+    assert "ADR 7: Use LanceDB" in search
+
+
+def test_unknown_partition_and_source_fail_clearly(cli_env):
+    missing = rag_sync(cli_env, "sync", "--source", "local", "--partition", "nope", check=False)
+    assert missing.returncode == 2 and "no partition 'nope'" in missing.stderr and "eng, hr" in missing.stderr
+    unknown = rag_sync(cli_env, "sync", "--source", "wiki", check=False)
+    assert unknown.returncode == 2 and "unknown source 'wiki'" in unknown.stderr
+
+
+def test_search_before_any_sync_says_so(cli_env):
+    assert "no results" in rag_sync(cli_env, "search", "anything").stdout
