@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections import Counter
 from pathlib import Path
 
 import click
@@ -69,9 +70,9 @@ def main() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def sync(source_name: str | None, partition: str | None, full_refresh: bool, as_json: bool) -> None:
     """Sync partitions now, through Dagster, recorded in the instance."""
+    from rag_sync_pipeline.definitions import build_definitions
     from rag_sync_pipeline.defs.assets import FULL_REFRESH_TAG, partitions_def_for
     from rag_sync_pipeline.defs.jobs import sync_job_name
-    from rag_sync_pipeline.definitions import build_definitions
     from rag_sync_pipeline.sources import SourceError, build_source
 
     try:
@@ -95,7 +96,8 @@ def sync(source_name: str | None, partition: str | None, full_refresh: bool, as_
             source.close()
         known = set(instance.get_dynamic_partitions(partitions_name))
         if partition and partition not in available and partition not in known:
-            _fail(f"source {config.name!r} has no partition {partition!r} (available: {', '.join(available) or 'none'})")
+            choices = ", ".join(available) or "none"
+            _fail(f"source {config.name!r} has no partition {partition!r} (available: {choices})")
         targets = [partition] if partition else sorted(set(available) | known)
         new = [p for p in targets if p not in known]
         if new:
@@ -162,9 +164,7 @@ def status(as_json: bool) -> None:
     by_partition: dict[tuple[str, str], dict] = {}
     for row in store.all_partition_states():
         by_partition.setdefault((row["source"], row["partition"]), {})[row["stage"]] = row
-    failures: dict[tuple[str, str], int] = {}
-    for failure in store.failures():
-        failures[(failure["source"], failure["partition"])] = failures.get((failure["source"], failure["partition"]), 0) + 1
+    failures = Counter((failure["source"], failure["partition"]) for failure in store.failures())
     version = store.version("embeddings")
     rows = []
     for (source, partition), stages in sorted(by_partition.items()):
@@ -181,8 +181,8 @@ def status(as_json: bool) -> None:
     if not rows:
         click.echo("nothing synced yet")
         return
-    header = f"{'source':<14}{'partition':<22}{'documents':>10}{'chunks':>8}{'failures':>9}  {'in sync':<8}{'last sync':<34}version"
-    click.echo(header)
+    click.echo(f"{'source':<14}{'partition':<22}{'documents':>10}{'chunks':>8}{'failures':>9}  "
+               f"{'in sync':<8}{'last sync':<34}version")
     for r in rows:
         click.echo(f"{r['source']:<14}{r['partition']:<22}{r['documents']:>10}{r['chunks']:>8}{r['failures']:>9}  "
                    f"{'yes' if r['in_sync'] else 'no':<8}{r['last_sync']:<34}{r['table_version']}")

@@ -46,7 +46,8 @@ def corpus(tmp_path: Path) -> Path:
     root = tmp_path / "corpus"
     (root / "eng" / "runbooks").mkdir(parents=True)
     (root / "hr").mkdir()
-    sections = "\n\n".join(f"## {name}\n\n{paragraph(name.lower())}" for name in ("Failover", "Backup", "Restore", "Upgrade"))
+    names = ("Failover", "Backup", "Restore", "Upgrade")
+    sections = "\n\n".join(f"## {name}\n\n{paragraph(name.lower())}" for name in names)
     (root / "eng" / "runbooks" / "database.md").write_text(f"# Database runbook\n\n{sections}\n", encoding="utf-8")
     (root / "eng" / "adr.html").write_text(
         "<html><head><title>ADR 7: Use LanceDB</title></head><body><h1>ADR 7</h1>"

@@ -40,5 +40,5 @@ def stage_metadata(result) -> dict[str, dict]:
 
 def check_results(result) -> dict[str, bool]:
     """Check outcomes keyed `stage/check_name`."""
-    return {f"{e.event_specific_data.asset_key.path[-1]}/{e.event_specific_data.check_name}": e.event_specific_data.passed
-            for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"}
+    evaluations = [e.event_specific_data for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"]
+    return {f"{e.asset_key.path[-1]}/{e.check_name}": e.passed for e in evaluations}

@@ -43,7 +43,8 @@ def test_sync_search_status_round_trip(cli_env, corpus):
     assert again["documents_deleted"] == 1 and again["chunks_embedded"] == 0 and again["documents_unchanged"] == 1
 
     [row] = json.loads(rag_sync(cli_env, "status", "--json").stdout)
-    assert (row["source"], row["partition"], row["documents"], row["chunks"], row["in_sync"]) == ("local", "hr", 1, 1, True)
+    assert (row["source"], row["partition"], row["documents"], row["chunks"]) == ("local", "hr", 1, 1)
+    assert row["in_sync"] is True
     assert row["table_version"] > 0 and row["last_sync"]
     assert "hr" in rag_sync(cli_env, "status").stdout
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from rag_sync_pipeline.store import LanceStore
-from rag_sync_pipeline.store import schemas
+from rag_sync_pipeline.store import LanceStore, schemas
 from rag_sync_pipeline.store.lance import partition_filter
 from rag_sync_pipeline.sync import StageReport
 

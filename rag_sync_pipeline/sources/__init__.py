@@ -23,7 +23,8 @@ SOURCE_TYPES: dict[str, type[Source]] = {
 
 def build_source(config, environ: Mapping[str, str] | None = None) -> Source:
     """A ready source for a `SourceConfig`, its secrets read from the environment now."""
-    return SOURCE_TYPES[config.type].from_options(config.name, config.options, os.environ if environ is None else environ)
+    environ = os.environ if environ is None else environ
+    return SOURCE_TYPES[config.type].from_options(config.name, config.options, environ)
 
 
 __all__ = ["SOURCE_TYPES", "build_source", "DocumentError", "DocumentRef", "Listing", "PartitionError",

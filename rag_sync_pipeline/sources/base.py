@@ -100,5 +100,5 @@ class Source(ABC):
         """How error messages name a document."""
         return f"{self.type} document {doc_id!r} in {partition}"
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook: sources without clients have nothing to close
         """Release clients and connections."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import mimetypes
 import os
 from collections.abc import Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -97,7 +97,7 @@ class LocalFolderSource(Source):
             raise DocumentError(f"{self.describe(partition, ref.doc_id)}: cannot be read: {error}") from None
         suffix = path.suffix.lower()
         content_type = CONTENT_TYPES.get(suffix) or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-        modified = datetime.fromtimestamp(stat.st_mtime, tz=timezone.utc).isoformat()
+        modified = datetime.fromtimestamp(stat.st_mtime, tz=UTC).isoformat()
         return RawDocument(
             doc_id=ref.doc_id,
             version=self._version(stat),

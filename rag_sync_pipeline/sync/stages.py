@@ -20,8 +20,7 @@ from typing import Any
 
 from rag_sync_pipeline.identity import canonical_json, chunk_id, document_key, sha256_hex
 from rag_sync_pipeline.sources import DocumentError, Source
-from rag_sync_pipeline.store import LanceStore, LedgerEntry
-from rag_sync_pipeline.store import schemas
+from rag_sync_pipeline.store import LanceStore, LedgerEntry, schemas
 from rag_sync_pipeline.store.lance import now, partition_filter
 from rag_sync_pipeline.sync.plan import batched, plan_stage
 from rag_sync_pipeline.sync.report import StageReport
@@ -93,7 +92,8 @@ def _reconcile(run: StageRun, stage: str, table: str, schema, key: str, upstream
         report.documents_deleted += len(batch)
 
 
-def _finish(run: StageRun, stage: str, table: str, mark: str | None, report: StageReport, started: float) -> StageReport:
+def _finish(run: StageRun, stage: str, table: str, mark: str | None, report: StageReport,
+            started: float) -> StageReport:
     ledger = run.store.read_ledger(stage, run.source, run.partition)
     report.documents_total = sum(1 for entry in ledger.values() if entry.doc_hash is not None)
     report.rows_total = run.store.count_rows(table, partition_filter(run.source, run.partition))
@@ -260,7 +260,7 @@ def sync_embeddings(run: StageRun, embedder: Embedder) -> StageReport:
         vectors = _cached_vectors(run, embedder.model_id, [c["text_hash"] for c in chunks])
         missing = {c["text_hash"]: c["text"] for c in chunks if c["text_hash"] not in vectors}
         if missing:
-            for text_hash, vector in zip(missing, embedder.encode(list(missing.values()))):
+            for text_hash, vector in zip(missing, embedder.encode(list(missing.values())), strict=True):
                 vectors[text_hash] = vector.tolist()
         report.chunks_embedded += len(missing)
         report.chunks_reused += len(chunks) - sum(1 for c in chunks if c["text_hash"] in missing)
