@@ -72,8 +72,9 @@ def sync(source_name: str | None, partition: str | None, full_refresh: bool, as_
     """Sync partitions now, through Dagster, recorded in the instance."""
     from rag_sync_pipeline.definitions import build_definitions
     from rag_sync_pipeline.defs.assets import FULL_REFRESH_TAG, partitions_def_for
+    from rag_sync_pipeline.defs.clients import source_for
     from rag_sync_pipeline.defs.jobs import sync_job_name
-    from rag_sync_pipeline.sources import SourceError, build_source
+    from rag_sync_pipeline.sources import SourceError
 
     try:
         settings = load_settings()
@@ -87,7 +88,7 @@ def sync(source_name: str | None, partition: str | None, full_refresh: bool, as_
     summaries = []
     for config in configs:
         partitions_name = partitions_def_for(config).name
-        source = build_source(config)
+        source = source_for(config)
         try:
             available = source.partitions()
         except SourceError as error:

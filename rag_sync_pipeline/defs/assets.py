@@ -11,9 +11,10 @@ run from the configuration and the environment, so no secret is part of the defi
 import dagster as dg
 
 from rag_sync_pipeline.defs import checks
+from rag_sync_pipeline.defs.clients import source_for
 from rag_sync_pipeline.defs.resources import EmbeddingModelResource, LanceDBResource
 from rag_sync_pipeline.settings import Settings, SourceConfig
-from rag_sync_pipeline.sources import PartitionError, build_source
+from rag_sync_pipeline.sources import PartitionError
 from rag_sync_pipeline.store import LanceStore
 from rag_sync_pipeline.sync import StageReport, StageRun, sync_chunks, sync_embeddings, sync_markdown, sync_raw
 
@@ -65,7 +66,7 @@ def build_source_assets(config: SourceConfig, settings: Settings) -> list[dg.Ass
               pool=f"{config.type}_api", **common)
     def raw_documents(context: dg.AssetExecutionContext, lancedb: LanceDBResource) -> dg.MaterializeResult:
         store = lancedb.get_store()
-        source = build_source(config)
+        source = source_for(config)
         try:
             report = sync_raw(_stage_run(context, store, config, settings), source)
         except PartitionError as error:

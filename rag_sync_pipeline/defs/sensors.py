@@ -13,9 +13,10 @@ import time
 import dagster as dg
 from dagster._core.storage.dagster_run import NOT_FINISHED_STATUSES
 
+from rag_sync_pipeline.defs.clients import source_for
 from rag_sync_pipeline.defs.resources import LanceDBResource
 from rag_sync_pipeline.settings import Settings, SourceConfig
-from rag_sync_pipeline.sources import SourceError, build_source
+from rag_sync_pipeline.sources import SourceError
 
 RETRY_FAILED_AFTER_SECONDS = 300
 MAX_RUNS_PER_TICK = 25
@@ -37,7 +38,7 @@ def build_sync_sensor(config: SourceConfig, settings: Settings, job, partitions:
                description=f"Probes each {config.name} partition cheaply and syncs those that changed.")
     def sync_sensor(context: dg.SensorEvaluationContext, lancedb: LanceDBResource) -> dg.SensorResult:
         store = lancedb.get_store()
-        source = build_source(config)
+        source = source_for(config)
         try:
             configured = source.partitions()
             known = set(context.instance.get_dynamic_partitions(partitions.name))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from typing import Any
 
 from rag_sync_pipeline.sources.base import (
     DocumentError,
@@ -21,10 +22,10 @@ SOURCE_TYPES: dict[str, type[Source]] = {
 }
 
 
-def build_source(config, environ: Mapping[str, str] | None = None) -> Source:
+def build_source(config, environ: Mapping[str, str] | None = None, client: Any = None) -> Source:
     """A ready source for a `SourceConfig`, its secrets read from the environment now."""
     environ = os.environ if environ is None else environ
-    return SOURCE_TYPES[config.type].from_options(config.name, config.options, environ)
+    return SOURCE_TYPES[config.type].from_options(config.name, config.options, environ, client)
 
 
 __all__ = ["SOURCE_TYPES", "build_source", "DocumentError", "DocumentRef", "Listing", "PartitionError",

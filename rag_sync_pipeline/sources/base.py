@@ -64,15 +64,24 @@ class RawDocument:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
+DELETION_STRATEGIES = ("every_sync", "weekly_reconciliation", "on_demand")
+
+
 class Source(ABC):
     type: ClassVar[str]
     external: ClassVar[bool] = True
     """External sources' sensors run by default only with EXTERNAL_SYNC_ENABLED=true."""
     default_interval_seconds: ClassVar[int] = 300
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, deletion_strategy: str = "every_sync") -> None:
+        if deletion_strategy not in DELETION_STRATEGIES:
+            raise ValueError(f"source {name!r}: deletion_strategy must be one of {', '.join(DELETION_STRATEGIES)}, "
+                             f"got {deletion_strategy!r}")
         self.name = name
         self.api_calls = 0
+        self.deletion_strategy = deletion_strategy
+        """How often a complete listing is taken to find deletions, for sources whose cheap listing is
+        incremental. Sources whose listing is always complete (local, S3) find deletions on every sync."""
 
     @classmethod
     @abstractmethod
@@ -81,8 +90,13 @@ class Source(ABC):
 
     @classmethod
     @abstractmethod
-    def from_options(cls, name: str, options: Mapping[str, Any], environ: Mapping[str, str]) -> Source:
-        """Build a ready source; secrets are read from `environ` under the names the options give."""
+    def from_options(cls, name: str, options: Mapping[str, Any], environ: Mapping[str, str],
+                     client: Any = None) -> Source:
+        """Build a ready source; secrets are read from `environ` under the names the options give.
+
+        `client` is a ready API client built by defs/ (e.g. the boto3 client of dagster-aws's S3Resource);
+        sources that build their own (httpx) clients ignore it.
+        """
 
     @abstractmethod
     def partitions(self) -> list[str]: ...

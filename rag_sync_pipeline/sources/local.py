@@ -43,7 +43,8 @@ class LocalFolderSource(Source):
         return {"root": environ.get("RAG_LOCAL_ROOT", "").strip() or str(SAMPLE_CORPUS_DIR)}
 
     @classmethod
-    def from_options(cls, name: str, options: Mapping[str, Any], environ: Mapping[str, str]) -> LocalFolderSource:
+    def from_options(cls, name: str, options: Mapping[str, Any], environ: Mapping[str, str],
+                     client: Any = None) -> LocalFolderSource:
         extensions = options.get("extensions") or DEFAULT_EXTENSIONS
         return cls(name, Path(str(options["root"])).expanduser().resolve(),
                    extensions=tuple(extensions), max_file_bytes=int(options.get("max_file_bytes", 20_000_000)))
