@@ -67,11 +67,13 @@ def main() -> None:
 @click.option("--source", "source_name", help="Only this source (default: every configured source).")
 @click.option("--partition", help="Only this partition (space, bucket, database, folder).")
 @click.option("--full-refresh", is_flag=True, help="Reprocess every document (vectors are still reused).")
+@click.option("--reconcile", is_flag=True, help="List every document now to find deletions, whatever the "
+                                                 "source's deletion strategy.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def sync(source_name: str | None, partition: str | None, full_refresh: bool, as_json: bool) -> None:
+def sync(source_name: str | None, partition: str | None, full_refresh: bool, reconcile: bool, as_json: bool) -> None:
     """Sync partitions now, through Dagster, recorded in the instance."""
     from rag_sync_pipeline.definitions import build_definitions
-    from rag_sync_pipeline.defs.assets import FULL_REFRESH_TAG, partitions_def_for
+    from rag_sync_pipeline.defs.assets import FULL_REFRESH_TAG, RECONCILE_TAG, partitions_def_for
     from rag_sync_pipeline.defs.clients import source_for
     from rag_sync_pipeline.defs.jobs import sync_job_name
     from rag_sync_pipeline.sources import SourceError
@@ -105,7 +107,8 @@ def sync(source_name: str | None, partition: str | None, full_refresh: bool, as_
             instance.add_dynamic_partitions(partitions_name, new)
         job = definitions.resolve_job_def(sync_job_name(config.name))
         for target in targets:
-            tags = {"rag_sync/trigger": "cli", **({FULL_REFRESH_TAG: "true"} if full_refresh else {})}
+            tags = {"rag_sync/trigger": "cli", **({FULL_REFRESH_TAG: "true"} if full_refresh else {}),
+                    **({RECONCILE_TAG: "true"} if reconcile else {})}
             result = job.execute_in_process(partition_key=target, instance=instance, tags=tags, raise_on_error=False)
             summary = summarize(config.name, target, result.run_id, result.success, _stage_metadata(result))
             if not result.success:

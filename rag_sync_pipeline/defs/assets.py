@@ -19,6 +19,7 @@ from rag_sync_pipeline.store import LanceStore
 from rag_sync_pipeline.sync import StageReport, StageRun, sync_chunks, sync_embeddings, sync_markdown, sync_raw
 
 FULL_REFRESH_TAG = "rag_sync/full_refresh"
+RECONCILE_TAG = "rag_sync/reconcile"
 STAGE_DESCRIPTIONS = {
     "raw_documents": "Documents as the source serves them, fetched only when their version token moved.",
     "markdown": "Each document converted to Markdown, with its title, url and hierarchy path.",
@@ -68,7 +69,8 @@ def build_source_assets(config: SourceConfig, settings: Settings) -> list[dg.Ass
         store = lancedb.get_store()
         source = source_for(config)
         try:
-            report = sync_raw(_stage_run(context, store, config, settings), source)
+            reconcile = context.run.tags.get(RECONCILE_TAG, "").lower() == "true"
+            report = sync_raw(_stage_run(context, store, config, settings), source, reconcile=reconcile)
         except PartitionError as error:
             raise dg.Failure(description=str(error)) from None
         finally:

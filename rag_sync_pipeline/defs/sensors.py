@@ -13,10 +13,12 @@ import time
 import dagster as dg
 from dagster._core.storage.dagster_run import NOT_FINISHED_STATUSES
 
+from rag_sync_pipeline.defs.assets import RECONCILE_TAG
 from rag_sync_pipeline.defs.clients import source_for
 from rag_sync_pipeline.defs.resources import LanceDBResource
 from rag_sync_pipeline.settings import Settings, SourceConfig
 from rag_sync_pipeline.sources import SourceError
+from rag_sync_pipeline.sync.stages import reconciliation_due
 
 RETRY_FAILED_AFTER_SECONDS = 300
 MAX_RUNS_PER_TICK = 25
@@ -57,22 +59,25 @@ def build_sync_sensor(config: SourceConfig, settings: Settings, job, partitions:
                     reasons.append(f"{partition}: last run failed, retrying after {RETRY_FAILED_AFTER_SECONDS}s")
                     continue
                 state = store.read_partition_state(config.name, partition)
-                committed = state.get("raw_documents", {}).get("mark")
-                indexed = state.get("embeddings", {}).get("mark")
+                raw = state.get("raw_documents", {})
+                committed, indexed = raw.get("mark"), state.get("embeddings", {}).get("mark")
                 try:
                     current = source.probe(partition, committed)
                 except SourceError as error:
                     reasons.append(f"{partition}: probe failed: {error}")
                     context.log.warning(f"{config.name} partition {partition}: probe failed: {error}")
                     continue
-                if current == committed and indexed == committed:
+                # Deletions never show in a "modified since" probe: the strategy's cadence asks on its own.
+                reconcile = (raw and source.deletion_strategy == "weekly_reconciliation"
+                             and reconciliation_due(source.deletion_strategy, raw.get("reconciled_at")))
+                if current == committed and indexed == committed and not reconcile:
                     reasons.append(f"{partition}: unchanged")
                     continue
                 last_id = last.dagster_run.run_id if last else "none"
                 requests.append(dg.RunRequest(
                     partition_key=partition,
                     run_key=f"{partition}|{committed}|{indexed}|{current}|{last_id}",
-                    tags={"rag_sync/trigger": "sensor"},
+                    tags={"rag_sync/trigger": "sensor", **({RECONCILE_TAG: "true"} if reconcile else {})},
                 ))
         finally:
             source.close()

@@ -164,11 +164,12 @@ class LanceStore:
         return self.read(schemas.PARTITION_STATE_TABLE, None).to_pylist()
 
     def write_partition_state(self, source: str, partition: str, stage: str, mark: str | None,
-                              documents: int, rows: int, run_id: str) -> None:
+                              documents: int, rows: int, run_id: str, reconciled_at: datetime | None = None) -> None:
         table = self.table(schemas.PARTITION_STATE_TABLE)
         data = pa.Table.from_pylist([{
             "key": f"{source}|{partition}|{stage}", "source": source, "partition": partition, "stage": stage,
             "mark": mark, "documents": documents, "rows": rows, "run_id": run_id, "updated_at": now(),
+            "reconciled_at": reconciled_at,
         }], schema=table.schema)
         table.merge_insert("key").when_matched_update_all().when_not_matched_insert_all().execute(data)
 

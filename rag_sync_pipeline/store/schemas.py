@@ -107,6 +107,7 @@ PARTITION_STATE_SCHEMA = pa.schema([
     pa.field("rows", pa.int64()),
     pa.field("run_id", pa.string()),
     pa.field("updated_at", pa.timestamp("us", tz="UTC")),
+    pa.field("reconciled_at", pa.timestamp("us", tz="UTC")),  # last complete listing (deletions found)
 ])
 
 FAILURES_SCHEMA = pa.schema([

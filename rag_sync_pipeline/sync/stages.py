@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -30,6 +31,7 @@ from rag_sync_pipeline.transform.markdown import ConversionError, to_markdown
 
 STAGES = ("raw_documents", "markdown", "chunks", "embeddings")
 CHUNKER_VERSION = "sections-v1"
+RECONCILE_EVERY = timedelta(days=7)
 
 
 @dataclass
@@ -93,13 +95,13 @@ def _reconcile(run: StageRun, stage: str, table: str, schema, key: str, upstream
 
 
 def _finish(run: StageRun, stage: str, table: str, mark: str | None, report: StageReport,
-            started: float) -> StageReport:
+            started: float, reconciled_at: datetime | None = None) -> StageReport:
     ledger = run.store.read_ledger(stage, run.source, run.partition)
     report.documents_total = sum(1 for entry in ledger.values() if entry.doc_hash is not None)
     report.rows_total = run.store.count_rows(table, partition_filter(run.source, run.partition))
     report.mark = mark
     run.store.write_partition_state(run.source, run.partition, stage, mark, report.documents_total,
-                                    report.rows_total, run.run_id)
+                                    report.rows_total, run.run_id, reconciled_at)
     report.duration_s = round(time.monotonic() - started, 3)
     return report
 
@@ -119,16 +121,28 @@ def _document_fields(run: StageRun, doc_id: str, row: dict[str, Any]) -> dict[st
 
 # -- raw_documents: the source's documents, fetched only when their version token moved ----------------
 
-def sync_raw(run: StageRun, source: Source, *, full_listing: bool = True) -> StageReport:
+def reconciliation_due(strategy: str, reconciled_at: datetime | None, at: datetime | None = None) -> bool:
+    """Whether a complete listing (the only way to see deletions in an incremental API) is due."""
+    if strategy == "every_sync" or reconciled_at is None:
+        return True
+    if strategy == "weekly_reconciliation":
+        return (at or now()) - reconciled_at >= RECONCILE_EVERY
+    return False  # on_demand: only when a run asks for it
+
+
+def sync_raw(run: StageRun, source: Source, *, reconcile: bool = False) -> StageReport:
     """Fetch new and changed documents; drop deleted ones when the listing is complete.
 
-    `full_listing=False` lets an incremental source list only what moved since the committed mark.
+    An incremental source lists only what moved since the committed mark, unless its deletion strategy
+    (or `reconcile`, or a full refresh) calls for a complete listing.
     """
     started, report = time.monotonic(), StageReport("raw_documents")
     calls_before = source.api_calls
     committed = run.store.read_partition_state(run.source, run.partition).get("raw_documents")
-    since = None if full_listing or run.full_refresh or not committed else committed["mark"]
-    listing = source.list_documents(run.partition, since)
+    reconciled_at = committed["reconciled_at"] if committed else None
+    full = (not committed or run.full_refresh or reconcile
+            or reconciliation_due(source.deletion_strategy, reconciled_at))
+    listing = source.list_documents(run.partition, None if full else committed["mark"])
     upstream = {ref.doc_id: ref.version for ref in listing.refs}
     refs = {ref.doc_id: ref for ref in listing.refs}
 
@@ -157,7 +171,8 @@ def sync_raw(run: StageRun, source: Source, *, full_listing: bool = True) -> Sta
     _reconcile(run, "raw_documents", schemas.RAW_TABLE, schemas.RAW_SCHEMA, "key", upstream, listing.complete,
                fetch, report)
     report.api_calls = source.api_calls - calls_before
-    return _finish(run, "raw_documents", schemas.RAW_TABLE, listing.mark, report, started)
+    return _finish(run, "raw_documents", schemas.RAW_TABLE, listing.mark, report, started,
+                   now() if listing.complete else reconciled_at)
 
 
 # -- markdown: every format to Markdown ------------------------------------------------------------------
