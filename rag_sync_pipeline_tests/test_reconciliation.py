@@ -1,6 +1,6 @@
 """Deletion strategies for sources whose cheap listing is incremental (Confluence CQL, Notion queries)."""
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -45,7 +45,7 @@ class InMemoryIncrementalSource(Source):
 
 
 def test_reconciliation_due_by_strategy():
-    now = datetime(2026, 11, 23, tzinfo=timezone.utc)
+    now = datetime(2026, 11, 23, tzinfo=UTC)
     assert reconciliation_due("every_sync", now, now)
     assert reconciliation_due("weekly_reconciliation", None, now)
     assert not reconciliation_due("weekly_reconciliation", now - timedelta(days=6), now)
@@ -72,7 +72,7 @@ def test_incremental_listing_keeps_deleted_documents_until_reconciliation(lanced
     assert source.listings[-1] is True and report.documents_deleted == 1
     assert set(store.read_ledger("raw_documents", "memory", "p")) == {"a"}
     state = store.read_partition_state("memory", "p")["raw_documents"]
-    assert state["reconciled_at"] > datetime.now(timezone.utc) - timedelta(minutes=1)
+    assert state["reconciled_at"] > datetime.now(UTC) - timedelta(minutes=1)
 
 
 def test_every_sync_strategy_lists_everything_each_time(lancedb_uri):
