@@ -155,6 +155,71 @@ def search(query: str, source_name: str | None, partition: str | None, k: int, a
 
 
 @main.command()
+@click.option("--source", "source_name", help="Only this source (default: every configured source).")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+def check(source_name: str | None, as_json: bool) -> None:
+    """Reach each source with its credentials and report what works, without syncing anything."""
+    from dataclasses import asdict
+
+    from rag_sync_pipeline.defs.clients import source_for
+    from rag_sync_pipeline.sources.health import check_source
+
+    try:
+        settings = load_settings()
+        configs = [settings.source(source_name)] if source_name else list(settings.sources)
+    except ConfigurationError as error:
+        _fail(str(error))
+    results = []
+    for config in configs:
+        try:
+            source = source_for(config)
+        except Exception as error:  # a source that cannot even be built is reported like any other problem
+            from rag_sync_pipeline.sources.health import SourceHealth
+
+            results.append(SourceHealth(config.name, False, f"cannot be configured: {error}"))
+            continue
+        try:
+            results.append(check_source(source))
+        finally:
+            source.close()
+    if as_json:
+        click.echo(json.dumps([{**asdict(r), "usable": r.usable} for r in results], indent=2))
+    else:
+        for result in results:
+            click.echo(f"{result.source}: {'OK' if result.ok else 'FAILED'} - {result.detail}")
+            for partition in result.partitions:
+                click.echo(f"  {result.source}/{partition.partition}: {'OK' if partition.ok else 'FAILED'}"
+                           f" - {partition.detail}")
+    sys.exit(0 if results and all(r.usable for r in results) else 1)
+
+
+@main.command()
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--source", "source_name", help="Only this source.")
+@click.option("--partition", help="Only this partition.")
+def export(directory: Path, source_name: str | None, partition: str | None) -> None:
+    """Mirror the markdown stage into DIRECTORY as one Markdown file per document, incrementally."""
+    from rag_sync_pipeline.mirror import mirror_partition
+    from rag_sync_pipeline.store import LanceStore
+
+    try:
+        settings = load_settings()
+    except ConfigurationError as error:
+        _fail(str(error))
+    store = LanceStore(settings.lancedb_uri)
+    targets = sorted({(r["source"], r["partition"]) for r in store.all_partition_states()
+                      if r["stage"] == "markdown"
+                      and (not source_name or r["source"] == source_name)
+                      and (not partition or r["partition"] == partition)})
+    if not targets:
+        _fail("nothing to export: no synced partition matches")
+    for source, target in targets:
+        report = mirror_partition(store, directory, source, target)
+        click.echo(f"{source}/{target}: {report.written} written, {report.unchanged} unchanged, "
+                   f"{report.removed} removed")
+
+
+@main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
 def status(as_json: bool) -> None:
     """Each partition's documents, chunks, last sync and table version."""

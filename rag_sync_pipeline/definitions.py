@@ -6,7 +6,8 @@ import os
 
 import dagster as dg
 
-from rag_sync_pipeline.defs.assets import build_source_assets, partitions_def_for
+from rag_sync_pipeline.defs.assets import build_source_assets, partitions_def_for, stage_key
+from rag_sync_pipeline.defs.checks import build_source_health_check
 from rag_sync_pipeline.defs.jobs import build_sync_job
 from rag_sync_pipeline.defs.resources import EmbeddingModelResource, LanceDBResource
 from rag_sync_pipeline.defs.sensors import build_sync_sensor
@@ -15,15 +16,21 @@ from rag_sync_pipeline.sources import SOURCE_TYPES
 
 
 def build_definitions(settings: Settings) -> dg.Definitions:
-    assets, jobs, sensors = [], [], []
+    assets, checks, jobs, sensors = [], [], [], []
     for config in settings.sources:
         partitions = partitions_def_for(config)
         assets.extend(build_source_assets(config, settings))
-        job = build_sync_job(config, partitions)
+        health_check = build_source_health_check(config, stage_key(config, "raw_documents"))
+        checks.append(health_check)
+        job = build_sync_job(config, partitions, health_check)
         jobs.append(job)
         sensors.append(build_sync_sensor(config, settings, job, partitions, SOURCE_TYPES[config.type].external))
+    if checks:
+        jobs.append(dg.define_asset_job("check_sources", selection=dg.AssetSelection.checks(*checks),
+                                        description="Reach every source with its credentials; sync nothing."))
     return dg.Definitions(
         assets=assets,
+        asset_checks=checks,
         jobs=jobs,
         sensors=sensors,
         resources={

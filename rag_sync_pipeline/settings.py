@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,7 @@ class SourceConfig:
     name: str
     type: str
     options: Mapping[str, Any] = field(default_factory=dict)
-    sensor_interval_seconds: int = 60
+    sensor_interval_seconds: int = 0  # 0: the source type's default
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,8 @@ def _sources_from_file(path: Path) -> list[SourceConfig]:
     for index, entry in enumerate(entries):
         if not isinstance(entry, dict) or "type" not in entry:
             raise ConfigurationError(f"sources file {path}: entry {index + 1} needs at least 'type'")
-        options = {k: v for k, v in entry.items() if k not in {"name", "type", "sensor_interval_seconds"}}
+        options = {k: v for k, v in entry.items()
+                   if k not in {"name", "type", "sensor_interval_seconds", "sensor_interval_minutes"}}
         leaked = sorted(SECRET_KEYS & {k.lower() for k in options})
         if leaked:
             raise ConfigurationError(
@@ -102,10 +103,21 @@ def _sources_from_file(path: Path) -> list[SourceConfig]:
                 f"name the environment variable that holds it instead (e.g. {leaked[0]}_env: MY_VAR)"
             )
         name = str(entry.get("name") or entry["type"])
-        interval = entry.get("sensor_interval_seconds", 60)
+        interval = entry.get("sensor_interval_seconds", 0)  # 0: the source type's default
+        if "sensor_interval_minutes" in entry:
+            interval = int(entry["sensor_interval_minutes"]) * 60
         configs.append(SourceConfig(name=name, type=str(entry["type"]), options=options,
                                     sensor_interval_seconds=int(interval)))
     return configs
+
+
+def sensor_interval_seconds(environ: Mapping[str, str], source_type: str, default: int) -> int:
+    """`<TYPE>_SYNC_INTERVAL_MINUTES` or `<TYPE>_SYNC_INTERVAL_SECONDS`; the defaults respect each API's limits."""
+    prefix = source_type.upper()
+    minutes = _int(environ, f"{prefix}_SYNC_INTERVAL_MINUTES", None)
+    if minutes is not None:
+        return minutes * 60
+    return _int(environ, f"{prefix}_SYNC_INTERVAL_SECONDS", default) or default
 
 
 def _sources_from_environment(environ: Mapping[str, str]) -> list[SourceConfig]:
@@ -115,9 +127,9 @@ def _sources_from_environment(environ: Mapping[str, str]) -> list[SourceConfig]:
     for source_type, cls in SOURCE_TYPES.items():
         options = cls.options_from_environment(environ)
         if options is not None:
-            interval = _int(environ, f"{source_type.upper()}_SYNC_INTERVAL_SECONDS", cls.default_interval_seconds)
+            interval = sensor_interval_seconds(environ, source_type, cls.default_interval_seconds)
             configs.append(SourceConfig(name=source_type, type=source_type, options=options,
-                                        sensor_interval_seconds=interval or cls.default_interval_seconds))
+                                        sensor_interval_seconds=interval))
     return configs
 
 
@@ -146,6 +158,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         if config.name in seen:
             raise ConfigurationError(f"source name {config.name!r} is configured twice")
         seen.add(config.name)
+        if not config.sensor_interval_seconds:
+            config = replace(config, sensor_interval_seconds=SOURCE_TYPES[config.type].default_interval_seconds)
         external = SOURCE_TYPES[config.type].external
         if external and selected and config.name not in selected and config.type not in selected:
             continue

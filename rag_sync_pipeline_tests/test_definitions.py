@@ -31,7 +31,8 @@ def test_asset_graph_snapshot(local_env):
     assert sorted(c.to_user_string() for c in graph.asset_check_keys) == [
         "local/chunks:chunks_within_token_window", "local/embeddings:every_chunk_has_a_vector",
         "local/embeddings:no_chunks_of_deleted_documents", "local/markdown:no_document_failures",
-        "local/raw_documents:no_document_failures"]
+        "local/raw_documents:no_document_failures", "local/raw_documents:source_reachable"]
+    assert definitions.resolve_job_def("check_sources")
     assert definitions.resolve_job_def("local_sync").partitions_def.name == "local_partitions"
     sensor = definitions.resolve_sensor_def("local_sync_sensor")
     assert sensor.default_status == dg.DefaultSensorStatus.RUNNING and sensor.minimum_interval_seconds == 30

@@ -12,6 +12,7 @@ NO_FAILURES = "no_document_failures"
 WITHIN_TOKEN_WINDOW = "chunks_within_token_window"
 VECTORS_COMPLETE = "every_chunk_has_a_vector"
 NO_ORPHANS = "no_chunks_of_deleted_documents"
+SOURCE_REACHABLE = "source_reachable"
 
 
 def specs_for(stage: str, asset_key: dg.AssetKey) -> list[dg.AssetCheckSpec]:
@@ -61,3 +62,27 @@ def orphans_check(store: LanceStore, source: str, partition: str) -> dg.AssetChe
     orphans = sorted(indexed - live)
     return dg.AssetCheckResult(check_name=NO_ORPHANS, passed=not orphans,
                                metadata={"orphan_documents": len(orphans), "examples": ", ".join(orphans[:5])})
+
+
+def build_source_health_check(config, asset_key: dg.AssetKey) -> dg.AssetChecksDefinition:
+    """`rag-sync check` as an asset check, so the UI shows whether a source can be reached and read."""
+    from rag_sync_pipeline.defs.clients import source_for
+    from rag_sync_pipeline.sources.health import check_source
+
+    @dg.asset_check(asset=asset_key, name=SOURCE_REACHABLE,
+                    description=f"{config.name} answers with the configured credentials and every configured "
+                                "partition is readable (nothing is synced).")
+    def source_reachable() -> dg.AssetCheckResult:
+        source = source_for(config)
+        try:
+            health = check_source(source)
+        finally:
+            source.close()
+        details = {p.partition: f"{'ok' if p.ok else 'FAILED'}: {p.detail}" for p in health.partitions}
+        return dg.AssetCheckResult(passed=health.usable, metadata={
+            "source": f"{'ok' if health.ok else 'FAILED'}: {health.detail}",
+            "partitions": dg.MetadataValue.json(details),
+            "partitions_failing": sum(1 for p in health.partitions if not p.ok),
+        })
+
+    return source_reachable
