@@ -33,6 +33,8 @@ def test_materialize_all_four_stages_for_one_partition(local_env, instance, lanc
     assert meta["raw_documents"]["documents_added"] == 3
     assert meta["embeddings"]["chunks_embedded"] == meta["embeddings"]["rows_total"] > 3
     assert all(check_results(result).values()) and len(check_results(result)) == 5
+    evaluations = [e.event_specific_data for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"]
+    assert {e.partition for e in evaluations} == {"eng"}  # one partition's result never hides another's
 
     store = LanceStore(lancedb_uri)
     assert_consistent(store, "eng", {"adr.html", "notes.txt", "runbooks/database.md"})

@@ -1,4 +1,5 @@
 import threading
+from datetime import UTC
 
 import pyarrow as pa
 
@@ -81,3 +82,19 @@ def test_ledger_failures_and_partition_state_round_trip(lancedb_uri):
 
 def test_search_on_empty_database_returns_nothing(lancedb_uri):
     assert LanceStore(lancedb_uri).search([0.0] * 384, 5) == []
+
+
+def test_tables_from_an_older_release_gain_new_columns(lancedb_uri):
+    import lancedb
+
+    from rag_sync_pipeline.store import schemas
+
+    old_schema = pa.schema([f for f in schemas.PARTITION_STATE_SCHEMA if f.name != "reconciled_at"])
+    lancedb.connect(lancedb_uri).create_table(schemas.PARTITION_STATE_TABLE, schema=old_schema)
+    store = LanceStore(lancedb_uri)
+    store.write_partition_state("s", "p", "raw_documents", "m", 1, 1, "run", reconciled_at=None)
+    from datetime import datetime
+
+    stamp = datetime(2026, 11, 1, tzinfo=UTC)
+    store.write_partition_state("s", "p", "raw_documents", "m", 1, 1, "run", reconciled_at=stamp)
+    assert store.read_partition_state("s", "p")["raw_documents"]["reconciled_at"] == stamp

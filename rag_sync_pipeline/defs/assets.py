@@ -63,7 +63,7 @@ def build_source_assets(config: SourceConfig, settings: Settings) -> list[dg.Ass
     common = dict(partitions_def=partitions, group_name=config.name, kinds={"lancedb", "python"})
 
     @dg.asset(key=stage_key(config, "raw_documents"), description=STAGE_DESCRIPTIONS["raw_documents"],
-              check_specs=checks.specs_for("raw_documents", stage_key(config, "raw_documents")),
+              check_specs=checks.specs_for("raw_documents", stage_key(config, "raw_documents"), partitions),
               pool=f"{config.type}_api", **common)
     def raw_documents(context: dg.AssetExecutionContext, lancedb: LanceDBResource) -> dg.MaterializeResult:
         store = lancedb.get_store()
@@ -79,7 +79,7 @@ def build_source_assets(config: SourceConfig, settings: Settings) -> list[dg.Ass
                                     check_results=[checks.failures_check(report)])
 
     @dg.asset(key=stage_key(config, "markdown"), deps=[raw_documents], description=STAGE_DESCRIPTIONS["markdown"],
-              check_specs=checks.specs_for("markdown", stage_key(config, "markdown")), **common)
+              check_specs=checks.specs_for("markdown", stage_key(config, "markdown"), partitions), **common)
     def markdown(context: dg.AssetExecutionContext, lancedb: LanceDBResource) -> dg.MaterializeResult:
         store = lancedb.get_store()
         report = sync_markdown(_stage_run(context, store, config, settings))
@@ -87,7 +87,7 @@ def build_source_assets(config: SourceConfig, settings: Settings) -> list[dg.Ass
                                     check_results=[checks.failures_check(report)])
 
     @dg.asset(key=stage_key(config, "chunks"), deps=[markdown], description=STAGE_DESCRIPTIONS["chunks"],
-              check_specs=checks.specs_for("chunks", stage_key(config, "chunks")), **common)
+              check_specs=checks.specs_for("chunks", stage_key(config, "chunks"), partitions), **common)
     def chunks(context: dg.AssetExecutionContext, lancedb: LanceDBResource,
                embedding_model: EmbeddingModelResource) -> dg.MaterializeResult:
         store = lancedb.get_store()
@@ -99,7 +99,7 @@ def build_source_assets(config: SourceConfig, settings: Settings) -> list[dg.Ass
             check_results=[checks.token_window_check(store, config.name, run.partition, chunker.max_tokens)])
 
     @dg.asset(key=stage_key(config, "embeddings"), deps=[chunks], description=STAGE_DESCRIPTIONS["embeddings"],
-              check_specs=checks.specs_for("embeddings", stage_key(config, "embeddings")), **common)
+              check_specs=checks.specs_for("embeddings", stage_key(config, "embeddings"), partitions), **common)
     def embeddings(context: dg.AssetExecutionContext, lancedb: LanceDBResource,
                    embedding_model: EmbeddingModelResource) -> dg.MaterializeResult:
         store = lancedb.get_store()

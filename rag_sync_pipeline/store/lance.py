@@ -66,8 +66,18 @@ class LanceStore:
             if schema is None:
                 return None
             table = self.db.create_table(name, schema=schema, exist_ok=True)
+        if schema is not None:
+            self._add_missing_columns(table, schema)
         self._tables[name] = table
         return table
+
+    @staticmethod
+    def _add_missing_columns(table, schema: pa.Schema) -> None:
+        """Tables written by an older release get the columns added since, empty (one commit, no rewrite)."""
+        present = set(table.schema.names)
+        missing = [f for f in schema if f.name not in present and f.nullable]
+        if missing:
+            table.add_columns(missing)
 
     def version(self, name: str) -> int | None:
         table = self.table(name)

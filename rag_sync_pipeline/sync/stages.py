@@ -139,7 +139,7 @@ def sync_raw(run: StageRun, source: Source, *, reconcile: bool = False) -> Stage
     started, report = time.monotonic(), StageReport("raw_documents")
     calls_before = source.api_calls
     committed = run.store.read_partition_state(run.source, run.partition).get("raw_documents")
-    reconciled_at = committed["reconciled_at"] if committed else None
+    reconciled_at = committed.get("reconciled_at") if committed else None
     full = (not committed or run.full_refresh or reconcile
             or reconciliation_due(source.deletion_strategy, reconciled_at))
     listing = source.list_documents(run.partition, None if full else committed["mark"])
