@@ -80,6 +80,15 @@ def local_env(clean_env: pytest.MonkeyPatch, corpus: Path, lancedb_uri: str) -> 
 
 
 @pytest.fixture
+def cli_env(local_env: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, str]:
+    """The environment for running `rag-sync` as a subprocess against a fresh DAGSTER_HOME."""
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    local_env.setenv("DAGSTER_HOME", str(home))
+    return dict(os.environ)
+
+
+@pytest.fixture
 def instance() -> Iterator[dg.DagsterInstance]:
     with dg.instance_for_test() as test_instance:
         yield test_instance

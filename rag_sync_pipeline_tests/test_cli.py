@@ -1,23 +1,13 @@
 """rag-sync as a user runs it: a real subprocess against a DAGSTER_HOME and a LanceDB on disk."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import dagster as dg
-import pytest
 
 RAG_SYNC = str(Path(sys.executable).parent / "rag-sync")
-
-
-@pytest.fixture
-def cli_env(local_env, tmp_path):
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    local_env.setenv("DAGSTER_HOME", str(home))
-    return dict(os.environ)
 
 
 def rag_sync(env, *args, check=True) -> subprocess.CompletedProcess:

@@ -1,12 +1,9 @@
 """rag-sync check and export, and the per-source sensor interval."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
-
-import pytest
 
 from rag_sync_pipeline.mirror import mirror_partition, safe_name
 from rag_sync_pipeline.settings import load_settings
@@ -15,14 +12,6 @@ from rag_sync_pipeline.store.lance import partition_filter
 from rag_sync_pipeline_tests.dagster_support import local_definitions
 
 RAG_SYNC = str(Path(sys.executable).parent / "rag-sync")
-
-
-@pytest.fixture
-def cli_env(local_env, tmp_path):
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    local_env.setenv("DAGSTER_HOME", str(home))
-    return dict(os.environ)
 
 
 def rag_sync(env, *args) -> subprocess.CompletedProcess:
