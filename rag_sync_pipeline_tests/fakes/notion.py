@@ -278,14 +278,19 @@ class NotionSimulator:
 
     def _list(self, items: list[dict[str, Any]], start: str | None, page_size: int, kind: str
               ) -> tuple[int, dict[str, Any]]:
-        ids = [i["id"] for i in items]
-        offset = ids.index(start) if start in ids else 0
-        if start and start not in ids:
+        """One page of a list. Cursors are the next item's id (rows, blocks), as in the real API, or an
+        opaque token for property items, which all share their property's id."""
+        if kind == "property_item":
+            cursors = [f"PI{index:06d}" for index in range(len(items))]
+        else:
+            cursors = [i["id"] for i in items]
+        if start and start not in cursors:
             return 400, _error(400, "validation_error", f"start_cursor provided is invalid: {start}")
+        offset = cursors.index(start) if start else 0
         window = items[offset:offset + page_size]
         has_more = offset + page_size < len(items)
         return 200, {"object": "list", "results": window,
-                     "next_cursor": items[offset + page_size]["id"] if has_more else None,
+                     "next_cursor": cursors[offset + page_size] if has_more else None,
                      "has_more": has_more, "type": kind, kind: {}, "request_id": str(uuid.uuid4())}
 
     def _visible(self, object_id: str) -> bool:
