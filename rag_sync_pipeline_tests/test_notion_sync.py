@@ -309,3 +309,44 @@ def test_rag_sync_backfills_one_database_partition_by_its_undashed_id(cli_env, n
         assert instance.get_dynamic_partitions("notion_partitions") == [database]
         [run] = instance.get_runs(filters=dg.RunsFilter(job_name="notion_sync"))
         assert run.status == dg.DagsterRunStatus.SUCCESS and run.tags["dagster/partition"] == database
+
+
+def direct_source(notion, database, **options) -> NotionSource:
+    client = build_notion_client(notion.token, base_url=notion.base_url, requests_per_second=None)
+    return NotionSource("notion", client, [database], **options)
+
+
+def test_real_sample_page_served_by_the_simulator_converts_with_every_block(notion, lancedb_uri):
+    from rag_sync_pipeline.sync import sync_markdown
+    from rag_sync_pipeline_tests.fakes.notion import SAMPLE_PAGE_ID, sample_page_children
+
+    database, [source_id] = notion.add_database("Samples")
+    page = notion.add_row(source_id, "Block test page")
+    for parent, children in sample_page_children().items():
+        notion.children[page if parent == SAMPLE_PAGE_ID else parent] = children
+    run = StageRun(LanceStore(lancedb_uri), "notion", database, log=lambda _: None)
+    assert sync_raw(run, direct_source(notion, database)).documents_added == 1
+    assert sync_markdown(run).documents_added == 1
+    [row] = run.store.read("markdown", None).to_pylist()
+    metadata = json.loads(row["metadata_json"])
+    assert metadata["unsupported_blocks"] == 1 and metadata["blocks"] == 36 + 2 + 3 + 3 + 2 + 1 + 1 + 1 + 1 + 3 + 1
+    markdown = row["markdown"]
+    assert markdown.startswith("# Block test page\n") and markdown.count("Synced original text") == 2
+    assert "| Title | Contents |" in markdown and "Column 3 text" in markdown and "X-Amz-" not in markdown
+    [raw] = run.store.read("raw_documents", None).to_pylist()
+    assert b"X-Amz-Signature" not in raw["content"]  # pre-signed URLs expire, and carry credentials
+
+
+def test_block_walk_stops_at_the_safety_cap_and_unreadable_synced_originals_are_counted(notion):
+    database, [source_id] = notion.add_database("Big")
+    synced = block("synced_block", None, has_children=True,
+                   synced_from={"type": "block_id", "block_id": "0c940186-ab70-4351-bb34-2d16f0635d49"})
+    notion.unshared.add("0c940186-ab70-4351-bb34-2d16f0635d49")  # the original lives on an unshared page
+    page = notion.add_row(source_id, "Long", [synced] + [block("paragraph", f"p{i}") for i in range(20)])
+    source = direct_source(notion, database, max_blocks=8)
+    [ref] = source.list_documents(database, None).refs
+    document = source.fetch(database, ref)
+    assert document.metadata["blocks"] == 8 and "stopped at 8 blocks" in document.metadata["truncated"]
+    assert document.metadata["unreadable_synced_blocks"] == 1
+    assert [b["type"] for b in json.loads(document.content)["blocks"]] == ["synced_block"] + ["paragraph"] * 7
+    assert document.doc_id == page
