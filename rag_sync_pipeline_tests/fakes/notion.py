@@ -127,9 +127,14 @@ def _error(status: int, code: str, message: str) -> dict[str, Any]:
 
 
 def _not_found(kind: str, object_id: str) -> tuple[int, dict[str, Any]]:
-    # Notion's message for a missing object and for one the integration cannot see is the same.
-    return 404, _error(404, "object_not_found", f"Could not find {kind} with ID: {object_id}. Make sure the "
-                                                f"relevant pages and databases are shared with your integration.")
+    """The captured 404 for a page not shared with the integration, naming this object instead.
+
+    Notion's answer for a missing object and for one the integration cannot see is the same."""
+    error = load("retrieve_page_unpermitted_page.json")
+    captured_id = "2600ce2a-6520-801c-86cb-fd0b73eb91de"
+    error["message"] = error["message"].replace("page", kind, 1).replace(captured_id, object_id)
+    error["request_id"] = str(uuid.uuid4())
+    return 404, error
 
 
 def dashed(value: str) -> str:
