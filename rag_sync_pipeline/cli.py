@@ -93,15 +93,16 @@ def sync(source_name: str | None, partition: str | None, full_refresh: bool, rec
         source = source_for(config)
         try:
             available = source.partitions()
+            target_partition = source.normalize_partition(partition) if partition else None
         except SourceError as error:
             _fail(str(error))
         finally:
             source.close()
         known = set(instance.get_dynamic_partitions(partitions_name))
-        if partition and partition not in available and partition not in known:
+        if target_partition and target_partition not in available and target_partition not in known:
             choices = ", ".join(available) or "none"
             _fail(f"source {config.name!r} has no partition {partition!r} (available: {choices})")
-        targets = [partition] if partition else sorted(set(available) | known)
+        targets = [target_partition] if target_partition else sorted(set(available) | known)
         new = [p for p in targets if p not in known]
         if new:
             instance.add_dynamic_partitions(partitions_name, new)

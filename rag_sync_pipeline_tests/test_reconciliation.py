@@ -4,7 +4,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from rag_sync_pipeline.sources import DocumentRef, Listing, RawDocument, Source
+from rag_sync_pipeline.sources import DocumentError, DocumentRef, Listing, RawDocument, Source
 from rag_sync_pipeline.store import LanceStore
 from rag_sync_pipeline.sync import StageRun, sync_raw
 from rag_sync_pipeline.sync.stages import reconciliation_due
@@ -89,3 +89,37 @@ def test_every_sync_strategy_lists_everything_each_time(lancedb_uri):
 def test_unknown_strategy_is_rejected():
     with pytest.raises(ValueError, match="deletion_strategy must be one of"):
         InMemoryIncrementalSource("sometimes")
+
+
+class FlakySource(InMemoryIncrementalSource):
+    """Fetches of the documents in `refused` fail, as a page not shared with the integration does."""
+
+    def __init__(self) -> None:
+        super().__init__("every_sync")
+        self.refused: set[str] = set()
+        self.fetched: list[str] = []
+
+    def fetch(self, partition, ref):
+        self.fetched.append(ref.doc_id)
+        if ref.doc_id in self.refused:
+            raise DocumentError(f"memory document {ref.doc_id}: not shared")
+        return super().fetch(partition, ref)
+
+
+def test_failed_fetch_is_retried_by_the_next_run_though_its_version_did_not_move(lancedb_uri):
+    store = LanceStore(lancedb_uri)
+    source = FlakySource()
+    source.documents = {"a": 1, "b": 1}
+    source.refused = {"b"}
+    run = StageRun(store, "memory", "p", log=lambda _: None)
+    first = sync_raw(run, source)
+    assert first.documents_added == 1 and first.documents_failed == 1
+    assert [f["doc_id"] for f in store.failures("memory", "p")] == ["b"]
+
+    source.refused.clear()
+    source.fetched.clear()
+    second = sync_raw(run, source)
+    assert source.fetched == ["b"] and second.documents_failed == 0 and second.documents_unchanged == 1
+    assert store.read_ledger("raw_documents", "memory", "p")["b"].doc_hash is not None
+    assert store.failures("memory", "p") == []
+    assert sync_raw(run, source).documents_unchanged == 2 and source.fetched == ["b"]

@@ -110,6 +110,10 @@ class Source(ABC):
     @abstractmethod
     def fetch(self, partition: str, ref: DocumentRef) -> RawDocument: ...
 
+    def normalize_partition(self, partition: str) -> str:
+        """The canonical key for a partition as a person typed it (an undashed Notion id, for instance)."""
+        return partition
+
     def describe(self, partition: str, doc_id: str) -> str:
         """How error messages name a document."""
         return f"{self.type} document {doc_id!r} in {partition}"

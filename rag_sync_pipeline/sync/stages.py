@@ -55,7 +55,9 @@ class BatchOutput:
 
 
 def _reconcile(run: StageRun, stage: str, table: str, schema, key: str, upstream: dict[str, str],
-               complete: bool, transform: Callable[[list[str]], BatchOutput], report: StageReport) -> None:
+               complete: bool, transform: Callable[[list[str]], BatchOutput], report: StageReport,
+               retry_failures: bool = False) -> None:
+    """`retry_failures`: a failed document is tried again by the next run even if its version has not moved."""
     ledger = run.store.read_ledger(stage, run.source, run.partition)
     plan = plan_stage(upstream, ledger, complete=complete, full_refresh=run.full_refresh)
     report.documents_unchanged = plan.unchanged
@@ -73,7 +75,8 @@ def _reconcile(run: StageRun, stage: str, table: str, schema, key: str, upstream
         for doc_id, message in output.failures.items():
             # Keep what was indexed: the old rows stay, and so does the hash downstream stages know.
             previous = ledger.get(doc_id)
-            entries[doc_id] = LedgerEntry(upstream[doc_id], previous.doc_hash if previous else None)
+            entries[doc_id] = LedgerEntry(None if retry_failures else upstream[doc_id],
+                                          previous.doc_hash if previous else None)
             report.add_failure(message)
             run.log(f"failed: {message}")
         run.store.write_ledger(stage, run.source, run.partition, batch, entries)
@@ -168,8 +171,10 @@ def sync_raw(run: StageRun, source: Source, *, reconcile: bool = False) -> Stage
             })
         return output
 
+    # A fetch can fail for reasons that heal without the version moving (a Notion page shared with the
+    # integration again keeps its last_edited_time; a network outage), so failed fetches are retried.
     _reconcile(run, "raw_documents", schemas.RAW_TABLE, schemas.RAW_SCHEMA, "key", upstream, listing.complete,
-               fetch, report)
+               fetch, report, retry_failures=True)
     report.api_calls = source.api_calls - calls_before
     return _finish(run, "raw_documents", schemas.RAW_TABLE, listing.mark, report, started,
                    now() if listing.complete else reconciled_at)

@@ -11,6 +11,8 @@ import re
 from bs4 import BeautifulSoup
 from markdownify import MarkdownConverter
 
+from rag_sync_pipeline.transform.notion_blocks import NOTION_BLOCKS_TYPE, notion_document_to_markdown
+
 HTML_TYPES = {"text/html", "application/xhtml+xml"}
 MARKDOWN_TYPES = {"text/markdown", "text/x-markdown"}
 TEXT_TYPES = {"text/plain"}
@@ -89,4 +91,10 @@ def to_markdown(content: bytes, content_type: str) -> tuple[str, str]:
     if media_type in MARKDOWN_TYPES or media_type in TEXT_TYPES:
         markdown = normalize_markdown(decode_text(content))
         return markdown, first_heading(markdown) if media_type in MARKDOWN_TYPES else ""
+    if media_type == NOTION_BLOCKS_TYPE:
+        try:
+            markdown, title = notion_document_to_markdown(content)
+        except (UnicodeDecodeError, ValueError, AttributeError, TypeError) as error:
+            raise ConversionError(f"not a Notion block document: {error}") from None
+        return normalize_markdown(markdown), title
     raise ConversionError(f"unsupported content type {content_type!r}")

@@ -1,0 +1,1 @@
+"""Loopback servers that speak each SaaS API's real wire format."""
