@@ -50,6 +50,7 @@ def summarize(source: str, partition: str, run_id: str, success: bool, stages: d
     for key in SUMMARY_KEYS[:4]:
         summary[key] = int(raw.get(key, 0))
     summary["documents_failed"] = sum(int(s.get("documents_failed", 0)) for s in stages.values())
+    summary["documents_skipped"] = int(raw.get("documents_skipped", 0))
     summary["chunks_embedded"] = int(final.get("chunks_embedded", 0))
     summary["chunks_reused"] = int(final.get("chunks_reused", 0))
     summary["documents_total"] = int(final.get("documents_total", 0))
