@@ -16,9 +16,11 @@ from rag_sync_pipeline.sources.base import (
     SourceError,
 )
 from rag_sync_pipeline.sources.local import LocalFolderSource
+from rag_sync_pipeline.sources.s3 import S3Source
 
 SOURCE_TYPES: dict[str, type[Source]] = {
     LocalFolderSource.type: LocalFolderSource,
+    S3Source.type: S3Source,
 }
 
 
