@@ -23,7 +23,7 @@ import pytest
 from rag_sync_pipeline.definitions import build_definitions
 from rag_sync_pipeline.defs.clients import source_for
 from rag_sync_pipeline.settings import ConfigurationError, load_settings
-from rag_sync_pipeline.sources import PartitionError
+from rag_sync_pipeline.sources import DocumentError, PartitionError
 from rag_sync_pipeline.store import LanceStore
 from rag_sync_pipeline.store.lance import partition_filter
 from rag_sync_pipeline_tests.dagster_support import check_results, materialize_partition, stage_metadata
@@ -371,6 +371,23 @@ def test_prefix_partition_is_bucket_slash_prefix_with_ids_relative_to_it(bucket,
         source.close()
     assert visa.url == f"s3://{bucket}/handbook/travel/visa.txt" and visa.path == [bucket, "handbook", "travel"]
     assert visa.content == b"Visa letters come from HR.\n" and visa.metadata["key"] == "handbook/travel/visa.txt"
+
+
+def test_object_deleted_or_grown_after_the_listing_fails_alone(bucket, s3, clean_env):
+    clean_env.setenv("S3_SYNC_MAX_OBJECT_BYTES", "100")
+    upload_many(s3.admin, bucket, [("gone.md", b"# Gone\n"), ("grows.txt", b"small\n"), ("stays.txt", b"here\n")])
+    source = source_for(load_settings().source("s3"))
+    try:
+        refs = {ref.doc_id: ref for ref in source.list_documents(bucket, None).refs}
+        s3.admin.delete_object(Bucket=bucket, Key="gone.md")
+        s3.admin.put_object(Bucket=bucket, Key="grows.txt", Body=b"x" * 101)
+        with pytest.raises(DocumentError, match=f"s3 object s3://{bucket}/gone.md: deleted while syncing"):
+            source.fetch(bucket, refs["gone.md"])
+        with pytest.raises(DocumentError, match="grows.txt: 101 bytes is over the 100-byte limit"):
+            source.fetch(bucket, refs["grows.txt"])
+        assert source.fetch(bucket, refs["stays.txt"]).content == b"here\n"
+    finally:
+        source.close()
 
 
 def test_missing_bucket_fails_the_run_and_the_probe_with_a_message_naming_it(clean_env, s3, instance, lancedb_uri):
