@@ -44,12 +44,26 @@ def _stage_metadata(result) -> dict[str, dict]:
     return stages
 
 
+def _failure_message(result) -> str:
+    """Why a run failed: the step's own message (e.g. "bucket 'x' does not exist"), not "step failed"."""
+    for event in result.all_events:
+        if event.is_step_failure:
+            data = event.event_specific_data
+            if data.user_failure_data and data.user_failure_data.description:
+                return data.user_failure_data.description
+            if data.error:
+                return data.error.message.strip()
+    failure = next((e for e in result.all_events if e.is_failure), None)
+    return failure.message if failure else "run failed"
+
+
 def summarize(source: str, partition: str, run_id: str, success: bool, stages: dict[str, dict]) -> dict:
     raw, final = stages.get("raw_documents", {}), stages.get("embeddings", {})
     summary = {"source": source, "partition": partition, "run_id": run_id, "success": success}
     for key in SUMMARY_KEYS[:4]:
         summary[key] = int(raw.get(key, 0))
     summary["documents_failed"] = sum(int(s.get("documents_failed", 0)) for s in stages.values())
+    summary["documents_skipped"] = int(raw.get("documents_skipped", 0))
     summary["chunks_embedded"] = int(final.get("chunks_embedded", 0))
     summary["chunks_reused"] = int(final.get("chunks_reused", 0))
     summary["documents_total"] = int(final.get("documents_total", 0))
@@ -113,8 +127,7 @@ def sync(source_name: str | None, partition: str | None, full_refresh: bool, rec
             result = job.execute_in_process(partition_key=target, instance=instance, tags=tags, raise_on_error=False)
             summary = summarize(config.name, target, result.run_id, result.success, _stage_metadata(result))
             if not result.success:
-                failure = next((e for e in result.all_events if e.is_failure), None)
-                summary["error"] = failure.message if failure else "run failed"
+                summary["error"] = _failure_message(result)
             summaries.append(summary)
             if not as_json:
                 state = "ok" if result.success else f"FAILED: {summary['error']}"

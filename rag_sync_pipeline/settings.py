@@ -20,7 +20,8 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 SAMPLE_CORPUS_DIR = PACKAGE_DIR / "sample_corpus"
 SOURCE_NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 # Keys that would hold a secret if written into the sources file; they must be given as `<key>_env` instead.
-SECRET_KEYS = {"token", "api_token", "api_key", "password", "secret", "secret_access_key", "pat"}
+SECRET_KEYS = {"token", "api_token", "api_key", "password", "secret", "secret_access_key", "pat",
+               "aws_secret_access_key", "session_token", "aws_session_token"}
 TRUE_VALUES = {"1", "true", "yes", "on"}
 
 

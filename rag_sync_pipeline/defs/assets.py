@@ -50,11 +50,13 @@ def _stage_run(context: dg.AssetExecutionContext, store: LanceStore, config: Sou
 
 
 def _metadata(report: StageReport, store: LanceStore, table: str) -> dict:
-    metadata = {k: v for k, v in report.as_dict().items() if k not in {"stage", "failures", "mark"}}
+    metadata = {k: v for k, v in report.as_dict().items() if k not in {"stage", "failures", "mark", "skipped"}}
     metadata["table_version"] = store.version(table) or 0
     metadata["mark"] = report.mark or ""
     if report.failures:
         metadata["failures"] = dg.MetadataValue.md("\n".join(f"- {f}" for f in report.failures))
+    if report.skipped:
+        metadata["skipped_reasons"] = dg.MetadataValue.json(dict(sorted(report.skipped.items())))
     return metadata
 
 

@@ -17,9 +17,11 @@ from rag_sync_pipeline.sources.base import (
 )
 from rag_sync_pipeline.sources.local import LocalFolderSource
 from rag_sync_pipeline.sources.notion import NotionSource
+from rag_sync_pipeline.sources.s3 import S3Source
 
 SOURCE_TYPES: dict[str, type[Source]] = {
     LocalFolderSource.type: LocalFolderSource,
+    S3Source.type: S3Source,
     NotionSource.type: NotionSource,
 }
 

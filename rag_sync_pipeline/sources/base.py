@@ -47,6 +47,9 @@ class Listing:
     """True when `refs` holds every live document, so any other indexed document was deleted."""
     mark: str
     """The high-water mark this listing covers; committed once everything in it is indexed."""
+    skipped: dict[str, int] = field(default_factory=dict)
+    """Objects the source saw but left out of `refs` and never fetches (folders, empty, too large, unsupported
+    type), counted per reason, so a run can say what it did not index and why."""
 
 
 @dataclass

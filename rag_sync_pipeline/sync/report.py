@@ -15,6 +15,7 @@ class StageReport:
     documents_deleted: int = 0
     documents_unchanged: int = 0
     documents_failed: int = 0
+    documents_skipped: int = 0
     chunks_written: int = 0
     chunks_embedded: int = 0
     chunks_reused: int = 0
@@ -24,6 +25,8 @@ class StageReport:
     duration_s: float = 0.0
     mark: str | None = None
     failures: list[str] = field(default_factory=list)
+    skipped: dict[str, int] = field(default_factory=dict)
+    """Why documents were skipped (reason -> count); raw stage only."""
 
     def add_failure(self, message: str) -> None:
         self.documents_failed += 1

@@ -148,6 +148,8 @@ def sync_raw(run: StageRun, source: Source, *, reconcile: bool = False) -> Stage
     listing = source.list_documents(run.partition, None if full else committed["mark"])
     upstream = {ref.doc_id: ref.version for ref in listing.refs}
     refs = {ref.doc_id: ref for ref in listing.refs}
+    report.skipped = dict(listing.skipped)
+    report.documents_skipped = sum(listing.skipped.values())
 
     def fetch(batch: list[str]) -> BatchOutput:
         output = BatchOutput()

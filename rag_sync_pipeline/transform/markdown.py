@@ -2,6 +2,7 @@
 
 HTML goes through markdownify with ATX headings, fenced code blocks that keep their language, and tables
 as pipe tables; scripts, styles and the <head> are dropped first so their text never reaches the index.
+PDF, DOCX, JSON and CSV are handled by `transform.documents`, which `to_markdown` dispatches to by content type.
 """
 
 from __future__ import annotations
@@ -97,4 +98,15 @@ def to_markdown(content: bytes, content_type: str) -> tuple[str, str]:
         except (UnicodeDecodeError, ValueError, AttributeError, TypeError) as error:
             raise ConversionError(f"not a Notion block document: {error}") from None
         return normalize_markdown(markdown), title
+    from rag_sync_pipeline.transform import documents  # PDF, DOCX, JSON, CSV; loads its parsers on first use
+
+    if media_type == documents.PDF_TYPE:
+        return documents.pdf_to_markdown(content)
+    if media_type == documents.DOCX_TYPE:
+        return documents.docx_to_markdown(content)
+    if media_type in documents.JSON_TYPES:
+        return documents.json_to_markdown(decode_text(content))
+    if media_type in documents.CSV_TYPES or media_type in documents.TSV_TYPES:
+        delimiter = "\t" if media_type in documents.TSV_TYPES else None
+        return documents.csv_to_markdown(decode_text(content), delimiter)
     raise ConversionError(f"unsupported content type {content_type!r}")
