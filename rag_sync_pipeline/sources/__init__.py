@@ -15,10 +15,12 @@ from rag_sync_pipeline.sources.base import (
     Source,
     SourceError,
 )
+from rag_sync_pipeline.sources.confluence import ConfluenceSource
 from rag_sync_pipeline.sources.local import LocalFolderSource
 
 SOURCE_TYPES: dict[str, type[Source]] = {
     LocalFolderSource.type: LocalFolderSource,
+    ConfluenceSource.type: ConfluenceSource,
 }
 
 
