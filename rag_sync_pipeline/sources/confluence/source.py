@@ -140,7 +140,7 @@ class ConfluenceSource(Source):
             "max_pages": "CONFLUENCE_MAX_PAGES", "deletion_strategy": "CONFLUENCE_DELETION_STRATEGY",
             "requests_per_second": "CONFLUENCE_REQUESTS_PER_SECOND",
             "max_concurrent_requests": "CONFLUENCE_MAX_CONCURRENT_REQUESTS",
-            "retry_backoff_seconds": "CONFLUENCE_RETRY_BACKOFF_SECONDS",
+            "retry_backoff_seconds": "CONFLUENCE_RETRY_BACKOFF_SECONDS", "max_retries": "CONFLUENCE_MAX_RETRIES",
             "overlap_minutes": "CONFLUENCE_OVERLAP_MINUTES",
         }
         for option, variable in optional.items():
@@ -173,7 +173,7 @@ class ConfluenceSource(Source):
                                  timeout_seconds=float(options.get("timeout_seconds", 30)))
         rate = options.get("requests_per_second")
         retry = RetryPolicy(backoff_base_seconds=float(options.get("retry_backoff_seconds", 0.5)),
-                            max_retries=int(options.get("max_retries", 6)))
+                            max_retries=int(options.get("max_retries", 10)))
         api = ApiClient(http, service="confluence", retry=retry, requests_per_second=float(rate) if rate else None)
         spaces = options.get("spaces") or []
         if isinstance(spaces, str):
