@@ -38,9 +38,13 @@ def confluence_env(clean_env, sim, lancedb_uri):
 
 
 def add_pages(sim, count: int) -> list:
-    root = sim.add_page("OPS", "Operations", "<p>The operations space home.</p>")
-    return [root] + [sim.add_page("OPS", f"Runbook {i}", f"<p>Service {i} restarts with systemctl restart svc{i}.</p>",
-                                  parent_id=root.id) for i in range(count - 1)]
+    """A home page and its children, created a second apart."""
+    pages = [sim.add_page("OPS", "Operations", "<p>The operations space home.</p>")]
+    for i in range(count - 1):
+        sim.advance(seconds=1)
+        pages.append(sim.add_page("OPS", f"Runbook {i}", f"<p>Service {i} restarts with systemctl restart svc{i}.</p>",
+                                  parent_id=pages[0].id))
+    return pages
 
 
 def sync(instance, tags=None):
@@ -78,7 +82,8 @@ def test_4000_page_space_syncs_then_40_edits_fetch_40_bodies_and_an_idle_tick_co
     second = sync(instance)
     assert sim.calls["page"] == 40
     assert second["raw_documents"]["documents_updated"] == 40 and second["embeddings"]["chunks_embedded"] == 40
-    assert second["raw_documents"]["api_calls"] == sum(sim.calls.values()) <= 45
+    # probe + time zone + one search page (newest first, ends at the mark) + 40 bodies
+    assert second["raw_documents"]["api_calls"] == sum(sim.calls.values()) == 43
 
     sim.reset_counts()
     result = tick(instance)
@@ -199,3 +204,57 @@ def test_cli_backfills_the_confluence_partition_alone(confluence_env, sim, tmp_p
     assert summary["success"] and summary["partition"] == "OPS" and summary["documents_added"] == 3
     assert TOKEN not in result.stdout + result.stderr
     assert len(indexed(lancedb_uri)) == 3
+
+
+def docx_bytes(heading: str, text: str) -> bytes:
+    import io
+    import zipfile
+
+    body = (f'<w:document xmlns:w="http://schemas.openxmlformats.org/wordprocessingml/2006/main"><w:body>'
+            f'<w:p><w:pPr><w:pStyle w:val="Heading1"/></w:pPr><w:r><w:t>{heading}</w:t></w:r></w:p>'
+            f'<w:p><w:r><w:t xml:space="preserve">{text}</w:t></w:r></w:p></w:body></w:document>')
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("[Content_Types].xml", "<Types/>")
+        archive.writestr("word/document.xml", body)
+    return buffer.getvalue()
+
+
+def pdf_bytes(text: str) -> bytes:
+    stream = f"BT /F1 12 Tf 72 720 Td ({text}) Tj ET".encode()
+    objects = [b"<< /Type /Catalog /Pages 2 0 R >>", b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+               b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R "
+               b"/Resources << /Font << /F1 5 0 R >> >> >>",
+               b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream",
+               b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>"]
+    out, offsets = bytearray(b"%PDF-1.4\n"), []
+    for number, body in enumerate(objects, 1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n" % number + body + b"\nendobj\n"
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    out += b"".join(b"%010d 00000 n \n" % o for o in offsets)
+    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
+    return bytes(out)
+
+
+def test_attachments_are_documents_of_their_own_linked_to_their_page(confluence_env, sim, instance, lancedb_uri):
+    confluence_env.setenv("CONFLUENCE_INCLUDE_ATTACHMENTS", "true")
+    confluence_env.setenv("CONFLUENCE_ATTACHMENT_MAX_BYTES", "5000")
+    pages = add_pages(sim, 2)
+    sim.add_attachment(pages[1].id, "failover.txt", "text/plain", b"Failover takes four minutes.")
+    sim.add_attachment(pages[1].id, "policy.docx", "application/vnd.openxmlformats-officedocument."
+                       "wordprocessingml.document", docx_bytes("Backup policy", "Backups are kept 35 days."))
+    sim.add_attachment(pages[1].id, "audit.pdf", "application/pdf", pdf_bytes("Audit passed in March."))
+    sim.add_attachment(pages[1].id, "huge.txt", "text/plain", b"x" * 6000)  # over the cap: not listed
+    metadata = sync(instance)
+    assert metadata["raw_documents"]["documents_added"] == 5 and metadata["markdown"]["documents_failed"] == 0
+    rows = LanceStore(lancedb_uri).read("markdown", partition_filter("confluence", "OPS"),
+                                        ["doc_id", "title", "markdown", "path", "metadata_json"]).to_pylist()
+    by_title = {r["title"]: r for r in rows}
+    assert "Backups are kept 35 days." in by_title["policy.docx"]["markdown"]
+    assert "# Backup policy" in by_title["policy.docx"]["markdown"]
+    assert "Audit passed in March." in by_title["audit.pdf"]["markdown"]
+    assert by_title["failover.txt"]["path"] == "OPS / Operations / Runbook 0"
+    assert json.loads(by_title["failover.txt"]["metadata_json"])["page_id"] == pages[1].id
+    assert "huge.txt" not in by_title

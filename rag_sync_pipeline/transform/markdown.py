@@ -15,6 +15,7 @@ HTML_TYPES = {"text/html", "application/xhtml+xml"}
 MARKDOWN_TYPES = {"text/markdown", "text/x-markdown"}
 TEXT_TYPES = {"text/plain"}
 CONFLUENCE_STORAGE_TYPE = "application/vnd.atlassian.confluence.storage+xml"
+OFFICE_TYPES = {"application/pdf", "application/vnd.openxmlformats-officedocument.wordprocessingml.document"}
 LANGUAGE_CLASS = re.compile(r"^(?:language|lang|highlight-source|brush:?)-?(.+)$")
 BLANK_RUNS = re.compile(r"\n{3,}")
 
@@ -91,6 +92,15 @@ def to_markdown(content: bytes, content_type: str) -> tuple[str, str]:
         from rag_sync_pipeline.transform.confluence_storage import storage_to_markdown
 
         return storage_to_markdown(decode_text(content)), ""
+    if media_type in OFFICE_TYPES:
+        from rag_sync_pipeline.transform import documents
+
+        try:
+            text = documents.pdf_text(content) if media_type == documents.PDF_TYPE else documents.docx_text(content)
+        except documents.DocumentConversionError as error:
+            raise ConversionError(str(error)) from None
+        markdown = normalize_markdown(text)
+        return markdown, first_heading(markdown)
     if media_type in MARKDOWN_TYPES or media_type in TEXT_TYPES:
         markdown = normalize_markdown(decode_text(content))
         return markdown, first_heading(markdown) if media_type in MARKDOWN_TYPES else ""

@@ -7,8 +7,9 @@ is not part of the probe (CQL takes keys), and the Cloud/Server detection is cac
 
 Listing:
 - incremental (`since_mark` given): CQL `lastmodified >= "yyyy-MM-dd HH:mm"` in the searching user's time zone
-  (from `/rest/api/user/current`; a day earlier when the zone is unknown), less an overlap window, deduped by
-  page id keeping the highest version. `complete=False`: nothing is deleted.
+  (from `/rest/api/user/current`; a day earlier when the zone is unknown), less an overlap window, newest
+  first, read until the first result whose exact time is older than the mark, deduped by page id keeping the
+  highest version. `complete=False`: nothing is deleted.
 - complete (`since_mark` None: first sync, every_sync, the weekly reconciliation, `--reconcile`): every live
   page (v2 space pages on Cloud, v1 content on Server/DC; a CQL search when a `cql_filter` narrows the space),
   `complete=True`, so pages deleted or archived (when archived pages are excluded) leave every stage.
@@ -313,14 +314,27 @@ class ConfluenceSource(Source):
             if since is None:
                 infos, complete = self._complete_listing(partition), True
             else:
-                cql = f"{self._cql(partition)} AND lastmodified >= {_cql_string(self._cql_time(since))}"
-                infos, complete = self._keep(self.client().search_all(cql)), False
+                cql = (f"{self._cql(partition)} AND lastmodified >= {_cql_string(self._cql_time(since))}"
+                       " order by lastmodified desc")
+                infos, complete = self._keep(self._modified_since(cql, since)), False
         refs = []
         for info in infos:
             doc_id = self._doc_id(info)
             self._infos[(partition, doc_id)] = info
             refs.append(DocumentRef(doc_id, version_token(info)))
         return Listing(refs=refs, complete=complete, mark=mark)
+
+    def _modified_since(self, cql: str, since: datetime) -> Iterator[PageInfo]:
+        """Newest first; stops at the first result older than the mark (its exact time, not the minute).
+
+        The CQL bound is coarse (minutes, time zone, overlap); results carry exact times, and what is older
+        than the committed mark was listed by the run that committed it, so paging ends there.
+        """
+        for info in self.client().search_all(cql):
+            moment = _utc(info.last_modified)
+            if moment is not None and moment < since:
+                return
+            yield info
 
     @staticmethod
     def _doc_id(info: PageInfo) -> str:
