@@ -200,3 +200,28 @@ def test_empty_spaces_setting_lists_every_readable_space_and_attachments_list_wi
         assert document.content == b"Attachment text about failover." and document.content_type == "text/plain"
         assert document.metadata["page_id"] == pages[1].id and document.path == ["OPS", "Operations", "Runbook 0"]
         assert json.dumps(document.metadata).find(TOKEN) == -1
+
+
+def test_sources_file_names_the_token_variable_and_environment_names_are_the_usual_ones(clean_env, tmp_path):
+    from rag_sync_pipeline.settings import load_settings
+    from rag_sync_pipeline.sources import build_source
+
+    with confluence_simulator() as sim:
+        populate(sim, 2)
+        sources_file = tmp_path / "sources.yaml"
+        sources_file.write_text(f"sources:\n  - name: wiki\n    type: confluence\n    url: {sim.url}/wiki\n"
+                                f"    username: {sim.username}\n    api_token_env: WIKI_TOKEN\n    spaces: [OPS]\n"
+                                "    deletion_strategy: every_sync\n")
+        clean_env.setenv("RAG_SOURCES_FILE", str(sources_file))
+        clean_env.setenv("WIKI_TOKEN", TOKEN)
+        clean_env.setenv("CONFLUENCE_URL", sim.url)
+        clean_env.setenv("CONFLUENCE_SPACES", "OPS, HR")
+        clean_env.setenv("CONFLUENCE_INCLUDE_ARCHIVED", "true")
+        settings = load_settings()
+        env_config, file_config = settings.source("confluence"), settings.source("wiki")
+        assert env_config.options["spaces"] == ["OPS", "HR"] and env_config.options["include_archived"] == "true"
+        assert env_config.sensor_interval_seconds == 60
+        assert TOKEN not in str(settings)
+        source = build_source(file_config)
+        assert source.deletion_strategy == "every_sync" and source.partitions() == ["OPS"]
+        assert len(source.list_documents("OPS", None).refs) == 2
