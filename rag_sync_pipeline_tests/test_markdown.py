@@ -38,6 +38,8 @@ def test_plain_text_has_no_title_and_keeps_text():
     (b"\xff\xfe\x00bad", "text/plain", "binary content"),
     (b"caf\xe9", "text/markdown", "invalid UTF-8 at byte 3"),
     (b"PK\x03\x04", "application/zip", "unsupported content type"),
+    (b"%PDF-1.7", "application/pdf", "unreadable PDF"),
+    (b"\x89PNG", "image/png", "unsupported content type"),
 ])
 def test_bad_input_raises_conversion_error_with_cause(content, content_type, message):
     with pytest.raises(ConversionError, match=message):

@@ -15,12 +15,14 @@ from rag_sync_pipeline.sources.base import (
     Source,
     SourceError,
 )
+from rag_sync_pipeline.sources.confluence import ConfluenceSource
 from rag_sync_pipeline.sources.local import LocalFolderSource
 from rag_sync_pipeline.sources.notion import NotionSource
 from rag_sync_pipeline.sources.s3 import S3Source
 
 SOURCE_TYPES: dict[str, type[Source]] = {
     LocalFolderSource.type: LocalFolderSource,
+    ConfluenceSource.type: ConfluenceSource,
     S3Source.type: S3Source,
     NotionSource.type: NotionSource,
 }

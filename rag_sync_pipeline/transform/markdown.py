@@ -17,6 +17,7 @@ from rag_sync_pipeline.transform.notion_blocks import NOTION_BLOCKS_TYPE, notion
 HTML_TYPES = {"text/html", "application/xhtml+xml"}
 MARKDOWN_TYPES = {"text/markdown", "text/x-markdown"}
 TEXT_TYPES = {"text/plain"}
+CONFLUENCE_STORAGE_TYPE = "application/vnd.atlassian.confluence.storage+xml"
 LANGUAGE_CLASS = re.compile(r"^(?:language|lang|highlight-source|brush:?)-?(.+)$")
 BLANK_RUNS = re.compile(r"\n{3,}")
 
@@ -89,6 +90,10 @@ def to_markdown(content: bytes, content_type: str) -> tuple[str, str]:
     if media_type in HTML_TYPES:
         markdown, title = html_to_markdown(decode_text(content))
         return markdown, title or first_heading(markdown)
+    if media_type == CONFLUENCE_STORAGE_TYPE:
+        from rag_sync_pipeline.transform.confluence_storage import storage_to_markdown
+
+        return storage_to_markdown(decode_text(content)), ""
     if media_type in MARKDOWN_TYPES or media_type in TEXT_TYPES:
         markdown = normalize_markdown(decode_text(content))
         return markdown, first_heading(markdown) if media_type in MARKDOWN_TYPES else ""
