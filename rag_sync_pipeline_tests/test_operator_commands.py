@@ -1,9 +1,12 @@
 """rag-sync check and export, and the per-source sensor interval."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from rag_sync_pipeline.mirror import mirror_partition, safe_name
 from rag_sync_pipeline.settings import load_settings
@@ -122,3 +125,46 @@ def test_each_sources_sensor_interval_is_configuration(clean_env, corpus):
     assert load_settings().source("local").sensor_interval_seconds == 120
     sensor = local_definitions().resolve_sensor_def("local_sync_sensor")
     assert sensor.minimum_interval_seconds == 120
+
+
+@pytest.fixture
+def confluence_check_env(clean_env, tmp_path):
+    from rag_sync_pipeline_tests.fakes.confluence import confluence_simulator
+
+    with confluence_simulator() as simulator:
+        simulator.add_space("OPS")
+        simulator.add_page("OPS", "Operations", "<p>Home.</p>")
+        for name, value in {"RAG_LOCAL_ENABLED": "false", "RAG_LANCEDB_URI": str(tmp_path / "lancedb"),
+                            "DAGSTER_HOME": str(tmp_path), "CONFLUENCE_URL": simulator.url,
+                            "CONFLUENCE_USERNAME": simulator.username, "CONFLUENCE_API_TOKEN": simulator.token,
+                            "CONFLUENCE_SPACES": "OPS", "CONFLUENCE_MAX_RETRIES": "1",
+                            "CONFLUENCE_RETRY_BACKOFF_SECONDS": "0.01"}.items():
+            clean_env.setenv(name, value)
+        yield simulator, dict(os.environ)
+
+
+def test_check_against_confluence_with_a_good_token(confluence_check_env):
+    _, env = confluence_check_env
+    result = rag_sync(env, "check", "--source", "confluence")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "confluence: OK" in result.stdout and "confluence/OPS: OK - readable" in result.stdout
+
+
+def test_check_against_confluence_with_a_bad_token_says_the_credential_was_refused(confluence_check_env):
+    simulator, env = confluence_check_env
+    result = rag_sync({**env, "CONFLUENCE_API_TOKEN": "wrong-token-value"}, "check", "--json")
+    assert result.returncode == 1
+    [confluence] = json.loads(result.stdout)
+    assert confluence["source"] == "confluence" and confluence["usable"] is False
+    problems = confluence["detail"] + " ".join(p["detail"] for p in confluence["partitions"])
+    assert "credential was refused" in problems
+    assert "wrong-token-value" not in result.stdout + result.stderr
+
+
+def test_check_against_confluence_names_a_missing_space(confluence_check_env):
+    _, env = confluence_check_env
+    result = rag_sync({**env, "CONFLUENCE_SPACES": "OPS,GHOST"}, "check")
+    assert result.returncode == 1
+    assert "confluence/OPS: OK" in result.stdout
+    ghost = next(line for line in result.stdout.splitlines() if "confluence/GHOST" in line)
+    assert "FAILED" in ghost and "GHOST" in ghost

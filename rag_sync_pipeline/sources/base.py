@@ -113,6 +113,13 @@ class Source(ABC):
     @abstractmethod
     def fetch(self, partition: str, ref: DocumentRef) -> RawDocument: ...
 
+    def check_partition(self, partition: str) -> None:
+        """Raise if the partition cannot be read (for `rag-sync check`); a probe proves it by default.
+
+        Sources whose probe answers an empty result for a missing partition (a CQL search of an unknown space)
+        override this with a lookup that fails for it."""
+        self.probe(partition, None)
+
     def normalize_partition(self, partition: str) -> str:
         """The canonical key for a partition as a person typed it (an undashed Notion id, for instance)."""
         return partition

@@ -31,16 +31,27 @@ class SourceHealth:
         return self.ok and all(p.ok for p in self.partitions)
 
 
+def _root_cause(error: BaseException) -> BaseException:
+    """The API error a source's own error was raised from (sources re-raise with the partition's name)."""
+    from rag_sync_pipeline.sources.http import ApiError
+
+    seen = error
+    while not isinstance(seen, ApiError) and (seen.__cause__ or seen.__context__) is not None:
+        seen = seen.__cause__ or seen.__context__
+    return seen if isinstance(seen, ApiError) else error
+
+
 def explain(error: Exception) -> str:
-    """What went wrong, in the words an operator needs."""
+    """What went wrong, in the words an operator needs, followed by the source's own message."""
     from rag_sync_pipeline.sources.http import ApiError, AuthError, NotFoundError
 
-    if isinstance(error, AuthError):
-        what = "the credential was refused" if error.status == 401 else "the credential lacks permission"
+    cause = _root_cause(error)
+    if isinstance(cause, AuthError):
+        what = "the credential was refused" if cause.status == 401 else "the credential lacks permission"
         return f"{what}: {error}"
-    if isinstance(error, NotFoundError):
+    if isinstance(cause, NotFoundError):
         return f"not found, or not shared with this credential: {error}"
-    if isinstance(error, ApiError) and error.status is None:
+    if isinstance(cause, ApiError) and cause.status is None:
         return f"unreachable: {error}"
     if isinstance(error, PartitionError):
         return str(error)
@@ -56,7 +67,7 @@ def check_source(source: Source, partitions: list[str] | None = None) -> SourceH
     health = SourceHealth(source.name, True, f"reachable, {len(available)} partition(s) configured")
     for partition in partitions or available:
         try:
-            source.probe(partition, None)
+            source.check_partition(partition)
         except (SourceError, OSError) as error:
             health.partitions.append(PartitionHealth(partition, False, explain(error)))
         else:

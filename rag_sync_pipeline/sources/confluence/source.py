@@ -274,6 +274,11 @@ class ConfluenceSource(Source):
         cql = f"space = {_cql_string(key)} AND {kind}"
         return f"{cql} AND ({self.cql_filter})" if self.cql_filter else cql
 
+    def check_partition(self, partition: str) -> None:
+        with self._space_errors(partition):
+            self._space(partition)  # Cloud: the key -> id lookup fails for a missing space
+            self.probe(partition, None)
+
     def probe(self, partition: str, committed_mark: str | None) -> str:
         with self._space_errors(partition):
             found = self.client().search(self._cql(partition) + " order by lastmodified desc", limit=1)
