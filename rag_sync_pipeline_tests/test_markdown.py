@@ -54,3 +54,11 @@ def test_unclosed_html_still_converts():
 def test_first_heading_ignores_deeper_headings():
     assert first_heading("## Sub\n\n# Top\n") == "Top"
     assert first_heading("no headings") == ""
+
+
+def test_blank_lines_collapse_outside_code_blocks_only():
+    from rag_sync_pipeline.transform.markdown import normalize_markdown
+
+    source = "# T  \r\n\r\n\r\n\r\nText\n\n```python\ndef a():\n    pass\n\n\n\ndef b():  \n    pass\n```\n\n\n\nEnd\n"
+    assert normalize_markdown(source) == (
+        "# T\n\nText\n\n```python\ndef a():\n    pass\n\n\n\ndef b():  \n    pass\n```\n\nEnd\n")

@@ -19,7 +19,6 @@ MARKDOWN_TYPES = {"text/markdown", "text/x-markdown"}
 TEXT_TYPES = {"text/plain"}
 CONFLUENCE_STORAGE_TYPE = "application/vnd.atlassian.confluence.storage+xml"
 LANGUAGE_CLASS = re.compile(r"^(?:language|lang|highlight-source|brush:?)-?(.+)$")
-BLANK_RUNS = re.compile(r"\n{3,}")
 
 
 class ConversionError(ValueError):
@@ -69,8 +68,19 @@ def html_to_markdown(html: str) -> tuple[str, str]:
 
 
 def normalize_markdown(markdown: str) -> str:
-    lines = [line.rstrip() for line in markdown.replace("\r\n", "\n").replace("\r", "\n").split("\n")]
-    return BLANK_RUNS.sub("\n\n", "\n".join(lines)).strip() + "\n"
+    """Unix newlines, no trailing spaces, at most one blank line in a row, except inside code blocks."""
+    kept: list[str] = []
+    fence = ""
+    for line in markdown.replace("\r\n", "\n").replace("\r", "\n").split("\n"):
+        marker = line.lstrip()[:3]
+        if marker in ("```", "~~~") and (not fence or marker == fence):
+            fence = "" if fence else marker
+        if not fence:
+            line = line.rstrip()
+            if not line and kept and not kept[-1]:
+                continue
+        kept.append(line)
+    return "\n".join(kept).strip("\n").rstrip() + "\n"
 
 
 def first_heading(markdown: str) -> str:
