@@ -77,3 +77,40 @@ def build_maintenance_schedule(settings: Settings, job: dg.JobDefinition) -> dg.
     return dg.ScheduleDefinition(name=MAINTENANCE_SCHEDULE, job=job, cron_schedule=settings.maintenance_cron,
                                  default_status=dg.DefaultScheduleStatus.RUNNING,
                                  description="Runs the table maintenance once a day.")
+
+
+def live_partitions(settings: Settings, instance: dg.DagsterInstance) -> dict[str, set[str] | None]:
+    """Per configured source, the partitions that exist: configured ones plus the instance's dynamic ones.
+
+    A source whose partitions cannot be listed right now maps to None, so cleanup leaves all its rows alone.
+    """
+    from rag_sync_pipeline.defs.assets import partitions_def_for
+    from rag_sync_pipeline.defs.clients import source_for
+
+    live: dict[str, set[str] | None] = {}
+    for config in settings.sources:
+        try:
+            source = source_for(config)
+            try:
+                configured = set(source.partitions())
+            finally:
+                source.close()
+        except Exception:  # unreachable or misconfigured: we cannot tell what is gone, so nothing is
+            live[config.name] = None
+            continue
+        live[config.name] = configured | set(instance.get_dynamic_partitions(partitions_def_for(config).name))
+    return live
+
+
+def busy_partitions(settings: Settings, instance: dg.DagsterInstance) -> set[tuple[str, str]]:
+    """(source, partition) pairs with a sync run queued or in flight."""
+    from dagster._core.storage.dagster_run import NOT_FINISHED_STATUSES
+
+    busy = set()
+    for config in settings.sources:
+        for record in instance.get_run_records(filters=dg.RunsFilter(job_name=sync_job_name(config.name),
+                                                                     statuses=list(NOT_FINISHED_STATUSES))):
+            partition = record.dagster_run.tags.get("dagster/partition")
+            if partition:
+                busy.add((config.name, partition))
+    return busy
