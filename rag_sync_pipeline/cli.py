@@ -133,14 +133,18 @@ def sync(source_name: str | None, partition: str | None, full_refresh: bool, rec
 def search(query: str, source_name: str | None, partition: str | None, k: int, as_json: bool) -> None:
     """Find the chunks closest to QUERY."""
     from rag_sync_pipeline.store import LanceStore
-    from rag_sync_pipeline.transform.embedding import load_embedder
 
     try:
         settings = load_settings()
     except ConfigurationError as error:
         _fail(str(error))
-    embedder = load_embedder(settings.embedding_model, settings.embedding_device)
-    results = LanceStore(settings.lancedb_uri).search(embedder.encode([query])[0], k, source_name, partition)
+    from rag_sync_pipeline.store.index_settings import search_query
+    from rag_sync_pipeline.transform.embedding import query_encoder
+
+    results = search_query(LanceStore(settings.lancedb_uri), query,
+                           lambda declared: query_encoder(declared, settings.embedding_model,
+                                                          settings.embedding_device),
+                           k, source_name, partition)
     if as_json:
         click.echo(json.dumps(results, indent=2, ensure_ascii=False))
         return
