@@ -147,14 +147,18 @@ def sync(source_name: str | None, partition: str | None, full_refresh: bool, rec
 def search(query: str, source_name: str | None, partition: str | None, k: int, as_json: bool) -> None:
     """Find the chunks closest to QUERY."""
     from rag_sync_pipeline.store import LanceStore
-    from rag_sync_pipeline.transform.embedding import load_embedder
 
     try:
         settings = load_settings()
     except ConfigurationError as error:
         _fail(str(error))
-    embedder = load_embedder(settings.embedding_model, settings.embedding_device)
-    results = LanceStore(settings.lancedb_uri).search(embedder.encode([query])[0], k, source_name, partition)
+    from rag_sync_pipeline.store.index_settings import search_query
+    from rag_sync_pipeline.transform.embedding import query_encoder
+
+    results = search_query(LanceStore(settings.lancedb_uri), query,
+                           lambda declared: query_encoder(declared, settings.embedding_model,
+                                                          settings.embedding_device),
+                           k, source_name, partition)
     if as_json:
         click.echo(json.dumps(results, indent=2, ensure_ascii=False))
         return
@@ -231,6 +235,59 @@ def export(directory: Path, source_name: str | None, partition: str | None) -> N
         report = mirror_partition(store, directory, source, target)
         click.echo(f"{source}/{target}: {report.written} written, {report.unchanged} unchanged, "
                    f"{report.removed} removed")
+
+
+@main.command()
+@click.option("--dry-run", is_flag=True, help="List what would be removed and change nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def cleanup(dry_run: bool, as_json: bool) -> None:
+    """Remove rows that no longer belong, then compact, prune and index every table (like maintain_tables)."""
+    from datetime import timedelta
+
+    from rag_sync_pipeline.defs.maintenance import busy_partitions, in_flight_since, live_partitions
+    from rag_sync_pipeline.store import LanceStore
+    from rag_sync_pipeline.store.maintenance import maintain, table_stats
+    from rag_sync_pipeline.store.orphans import find_orphans, remove_orphans
+
+    try:
+        settings = load_settings()
+    except ConfigurationError as error:
+        _fail(str(error))
+    if not os.environ.get("DAGSTER_HOME") and not (Path.cwd() / ".dagster_home").is_dir():
+        _fail("cleanup needs the Dagster instance that knows the dynamic partitions: set DAGSTER_HOME")
+    instance = _instance()
+    store = LanceStore(settings.lancedb_uri)
+    live = live_partitions(settings, instance)
+    orphans = find_orphans(store, live, busy_partitions(settings, instance))
+    result: dict = {"dry_run": dry_run, "orphans": [g.as_dict() for g in orphans],
+                    "orphan_rows": sum(g.rows for g in orphans),
+                    "unknown_sources": sorted(name for name, parts in live.items() if parts is None)}
+    if dry_run:
+        result["tables"] = {name: vars(table_stats(store.table(name))) for name in sorted(store.db.table_names())}
+    else:
+        result["removed_rows"] = remove_orphans(store, orphans)
+        report = maintain(store.db, retention=timedelta(minutes=settings.maintenance_retention_minutes),
+                          in_flight_since=in_flight_since(instance, settings),
+                          vector_index_min_rows=settings.vector_index_min_rows)
+        result["tables"] = {t.table: {"before": vars(t.before), "after": vars(t.after),
+                                      "indexes_created": t.indexes_created, "error": t.error} for t in report.tables}
+    if as_json:
+        click.echo(json.dumps(result, indent=2, default=str))
+    else:
+        verb = "would remove" if dry_run else "removed"
+        for group in orphans:
+            click.echo(f"{verb} {group.rows:>6} rows  {group.kind:<18} {group.table:<16} {group.source}/"
+                       f"{group.partition}" + (f"  ({', '.join(group.doc_ids[:5])})" if group.doc_ids else ""))
+        if not orphans:
+            click.echo("no orphaned rows")
+        for name in result["unknown_sources"]:
+            click.echo(f"skipped source {name}: its partitions could not be listed")
+        for name, stats in result["tables"].items():
+            if not dry_run:
+                click.echo(f"{name}: versions {stats['before']['versions']} -> {stats['after']['versions']}, "
+                           f"fragments {stats['before']['fragments']} -> {stats['after']['fragments']}"
+                           + (f", FAILED: {stats['error']}" if stats["error"] else ""))
+    sys.exit(0 if dry_run or all(t.get("error") is None for t in result["tables"].values()) else 1)
 
 
 @main.command()

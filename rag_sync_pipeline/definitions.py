@@ -9,6 +9,7 @@ import dagster as dg
 from rag_sync_pipeline.defs.assets import build_source_assets, partitions_def_for, stage_key
 from rag_sync_pipeline.defs.checks import build_source_health_check
 from rag_sync_pipeline.defs.jobs import build_sync_job
+from rag_sync_pipeline.defs.maintenance import build_maintenance_job, build_maintenance_schedule
 from rag_sync_pipeline.defs.resources import EmbeddingModelResource, LanceDBResource
 from rag_sync_pipeline.defs.sensors import build_sync_sensor
 from rag_sync_pipeline.settings import Settings, load_settings
@@ -28,11 +29,14 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     if checks:
         jobs.append(dg.define_asset_job("check_sources", selection=dg.AssetSelection.checks(*checks),
                                         description="Reach every source with its credentials; sync nothing."))
+    maintenance = build_maintenance_job(settings)
+    jobs.append(maintenance)
     return dg.Definitions(
         assets=assets,
         asset_checks=checks,
         jobs=jobs,
         sensors=sensors,
+        schedules=[build_maintenance_schedule(settings, maintenance)],
         resources={
             "lancedb": LanceDBResource(uri=settings.lancedb_uri),
             "embedding_model": EmbeddingModelResource(

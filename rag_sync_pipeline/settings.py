@@ -49,6 +49,10 @@ class Settings:
     documents_per_commit: int
     external_sync_enabled: bool
     sources: tuple[SourceConfig, ...]
+    # Index lifecycle (store/maintenance.py, defs/maintenance.py)
+    maintenance_retention_minutes: float = 60.0
+    maintenance_cron: str = "15 3 * * *"
+    vector_index_min_rows: int = 50_000
 
     def source(self, name: str) -> SourceConfig:
         for config in self.sources:
@@ -73,6 +77,20 @@ def _int(environ: Mapping[str, str], name: str, default: int | None) -> int | No
         raise ConfigurationError(f"{name} must be a whole number, got {value!r}") from None
     if number <= 0:
         raise ConfigurationError(f"{name} must be positive, got {number}")
+    return number
+
+
+def _minutes(environ: Mapping[str, str], name: str, default: float) -> float:
+    """A duration in minutes; zero is allowed (prune every version but the latest)."""
+    value = environ.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        number = float(value)
+    except ValueError:
+        raise ConfigurationError(f"{name} must be a number of minutes, got {value!r}") from None
+    if number < 0:
+        raise ConfigurationError(f"{name} must not be negative, got {number}")
     return number
 
 
@@ -175,4 +193,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         documents_per_commit=_int(environ, "RAG_DOCUMENTS_PER_COMMIT", 200) or 200,
         external_sync_enabled=_flag(environ, "EXTERNAL_SYNC_ENABLED", False),
         sources=tuple(checked),
+        maintenance_retention_minutes=_minutes(environ, "RAG_MAINTENANCE_RETENTION_MINUTES", 60.0),
+        maintenance_cron=environ.get("RAG_MAINTENANCE_CRON", "").strip() or "15 3 * * *",
+        vector_index_min_rows=_int(environ, "RAG_VECTOR_INDEX_MIN_ROWS", 50_000) or 50_000,
     )

@@ -269,12 +269,15 @@ def _cached_vectors(run: StageRun, model_id: str, text_hashes: list[str]) -> dic
 def sync_embeddings(run: StageRun, embedder: Embedder) -> StageReport:
     started, report = time.monotonic(), StageReport("embeddings")
     upstream, mark = _upstream(run, "chunks")
-    schema = schemas.embeddings_schema(embedder.dimension)
-    existing = run.store.table(schemas.EMBEDDINGS_TABLE)
-    if existing is not None and existing.schema.field("vector").type != schema.field("vector").type:
-        raise ValueError(f"table {schemas.EMBEDDINGS_TABLE} holds vectors of type "
-                         f"{existing.schema.field('vector').type}, but model {embedder.model_id} makes "
-                         f"{schema.field('vector').type}")
+    from rag_sync_pipeline.store.index_settings import embeddings_schema
+    from rag_sync_pipeline.sync.rebuild import needs_rebuild, rebuild_embeddings
+
+    schema = embeddings_schema(embedder.dimension, embedder.model_id, embedder.source or None)
+    if needs_rebuild(run.store, embedder):
+        # The model changed (maybe its vector size too): rebuild the whole table blue/green, then sync as usual.
+        run.log(f"{schemas.EMBEDDINGS_TABLE} holds vectors of another model: rebuilding for {embedder.model_id}")
+        rebuilt = rebuild_embeddings(run.store, embedder, embedder.source or None, run.log)
+        report.chunks_embedded += rebuilt["embedded"]
 
     def embed(batch: list[str]) -> BatchOutput:
         output = BatchOutput()

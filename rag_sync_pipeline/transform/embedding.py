@@ -28,6 +28,7 @@ class Embedder:
     model_id: str
     model: object  # sentence_transformers.SentenceTransformer
     batch_size: int = 64
+    source: str = ""  # the name or path it was loaded from
 
     @property
     def dimension(self) -> int:
@@ -71,4 +72,15 @@ def load_embedder(model: str, device: str = "auto", batch_size: int = 64) -> Emb
     from sentence_transformers import SentenceTransformer
 
     loaded = SentenceTransformer(model, device=resolve_device(device))
-    return Embedder(model_id=model_id_for(model), model=loaded, batch_size=batch_size)
+    return Embedder(model_id=model_id_for(model), model=loaded, batch_size=batch_size, source=model)
+
+
+def query_encoder(declared, configured_model: str, device: str = "auto"):
+    """Encode a query with the model the index declares (`store.index_settings.DeclaredModel`): the configured
+    model when it is that one, else the declared name or path; falls back to the configured model."""
+    model = configured_model
+    if declared is not None and declared.model_id not in (None, model_id_for(configured_model)):
+        if declared.model_ref and (Path(declared.model_ref).is_dir() or not declared.model_ref.startswith("/")):
+            model = declared.model_ref
+    embedder = load_embedder(model, device)
+    return lambda text: embedder.encode([text])[0]
