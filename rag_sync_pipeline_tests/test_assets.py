@@ -168,3 +168,17 @@ def test_full_refresh_reprocesses_everything_but_reuses_every_vector(local_env, 
     assert meta["raw_documents"]["documents_updated"] == 3
     assert meta["embeddings"]["chunks_embedded"] == 0
     assert meta["embeddings"]["chunks_reused"] == meta["embeddings"]["rows_total"]
+
+
+def test_changing_the_chunk_size_rechunks_every_document(local_env, instance, lancedb_uri):
+    assert materialize_partition(instance, "eng").success
+    store = LanceStore(lancedb_uri)
+    before = store.count_rows("chunks", partition_filter("local", "eng"))
+    local_env.setenv("RAG_CHUNK_MAX_TOKENS", "64")
+    meta = stage_metadata(materialize_partition(instance, "eng"))
+    assert meta["markdown"]["documents_unchanged"] == 3  # nothing upstream moved
+    assert meta["chunks"]["documents_updated"] >= 1 and meta["chunks"]["documents_unchanged"] == 0
+    chunks = store.read("chunks", partition_filter("local", "eng"), ["id", "token_count"]).to_pylist()
+    assert len(chunks) > before and max(c["token_count"] for c in chunks) <= 64
+    vector_ids = store.read("embeddings", partition_filter("local", "eng"), ["id"]).column("id").to_pylist()
+    assert sorted(vector_ids) == sorted(c["id"] for c in chunks)

@@ -33,3 +33,9 @@ def test_incomplete_listing_never_deletes_and_full_refresh_redoes_everything():
 
 def test_batched():
     assert list(batched(["a", "b", "c"], 2)) == [["a", "b"], ["c"]]
+
+
+def test_plan_redoes_documents_made_with_other_settings():
+    ledger = {"a": LedgerEntry("v1", "old-settings"), "b": LedgerEntry("v1", "v1+new"), "c": LedgerEntry("v1", None)}
+    plan = plan_stage({"a": "v1", "b": "v1", "c": "v1"}, ledger, complete=True, produces=lambda v: f"{v}+new")
+    assert plan.changed == ["a"] and plan.unchanged == 2

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from rag_sync_pipeline.store import LedgerEntry
@@ -21,7 +21,7 @@ class Plan:
 
 
 def plan_stage(upstream: Mapping[str, str], ledger: Mapping[str, LedgerEntry], *, complete: bool,
-               full_refresh: bool = False) -> Plan:
+               full_refresh: bool = False, produces: Callable[[str], str] | None = None) -> Plan:
     """Compare upstream versions with what the stage last handled.
 
     `complete` says whether `upstream` names every live document; only then are ledger entries missing from
@@ -32,7 +32,8 @@ def plan_stage(upstream: Mapping[str, str], ledger: Mapping[str, LedgerEntry], *
         entry = ledger.get(doc_id)
         if entry is None:
             plan.added.append(doc_id)
-        elif full_refresh or entry.upstream_hash != version:
+        elif (full_refresh or entry.upstream_hash != version
+              or (produces and entry.doc_hash is not None and entry.doc_hash != produces(version))):
             plan.changed.append(doc_id)
         else:
             plan.unchanged += 1

@@ -56,10 +56,12 @@ class BatchOutput:
 
 def _reconcile(run: StageRun, stage: str, table: str, schema, key: str, upstream: dict[str, str],
                complete: bool, transform: Callable[[list[str]], BatchOutput], report: StageReport,
-               retry_failures: bool = False) -> None:
-    """`retry_failures`: a failed document is tried again by the next run even if its version has not moved."""
+               retry_failures: bool = False, produces: Callable[[str], str] | None = None) -> None:
+    """`retry_failures`: a failed document is tried again by the next run even if its version has not moved.
+    `produces`: the doc hash this stage's current settings make from an upstream version; a document whose
+    recorded hash differs was made with other settings (another chunker) and is redone."""
     ledger = run.store.read_ledger(stage, run.source, run.partition)
-    plan = plan_stage(upstream, ledger, complete=complete, full_refresh=run.full_refresh)
+    plan = plan_stage(upstream, ledger, complete=complete, full_refresh=run.full_refresh, produces=produces)
     report.documents_unchanged = plan.unchanged
     scope = partition_filter(run.source, run.partition)
     added = set(plan.added)
@@ -247,7 +249,8 @@ def sync_chunks(run: StageRun, chunker: MarkdownChunker, chunker_id: str) -> Sta
         report.chunks_written += len(output.rows)
         return output
 
-    _reconcile(run, "chunks", schemas.CHUNKS_TABLE, schemas.CHUNKS_SCHEMA, "id", upstream, True, split, report)
+    _reconcile(run, "chunks", schemas.CHUNKS_TABLE, schemas.CHUNKS_SCHEMA, "id", upstream, True, split, report,
+               produces=lambda upstream_hash: sha256_hex(upstream_hash, fingerprint))
     return _finish(run, "chunks", schemas.CHUNKS_TABLE, mark, report, started)
 
 
