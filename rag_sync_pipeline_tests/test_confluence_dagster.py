@@ -207,16 +207,16 @@ def test_cli_backfills_the_confluence_partition_alone(confluence_env, sim, tmp_p
 
 
 def docx_bytes(heading: str, text: str) -> bytes:
+    """A real Word document, as Word writes it (python-docx), with a heading and a paragraph."""
     import io
-    import zipfile
 
-    body = (f'<w:document xmlns:w="http://schemas.openxmlformats.org/wordprocessingml/2006/main"><w:body>'
-            f'<w:p><w:pPr><w:pStyle w:val="Heading1"/></w:pPr><w:r><w:t>{heading}</w:t></w:r></w:p>'
-            f'<w:p><w:r><w:t xml:space="preserve">{text}</w:t></w:r></w:p></w:body></w:document>')
+    import docx
+
+    document = docx.Document()
+    document.add_heading(heading, level=1)
+    document.add_paragraph(text)
     buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        archive.writestr("[Content_Types].xml", "<Types/>")
-        archive.writestr("word/document.xml", body)
+    document.save(buffer)
     return buffer.getvalue()
 
 
@@ -240,13 +240,13 @@ def pdf_bytes(text: str) -> bytes:
 
 def test_attachments_are_documents_of_their_own_linked_to_their_page(confluence_env, sim, instance, lancedb_uri):
     confluence_env.setenv("CONFLUENCE_INCLUDE_ATTACHMENTS", "true")
-    confluence_env.setenv("CONFLUENCE_ATTACHMENT_MAX_BYTES", "5000")
+    confluence_env.setenv("CONFLUENCE_ATTACHMENT_MAX_BYTES", "100000")  # a real DOCX is ~36 KB
     pages = add_pages(sim, 2)
     sim.add_attachment(pages[1].id, "failover.txt", "text/plain", b"Failover takes four minutes.")
     sim.add_attachment(pages[1].id, "policy.docx", "application/vnd.openxmlformats-officedocument."
                        "wordprocessingml.document", docx_bytes("Backup policy", "Backups are kept 35 days."))
     sim.add_attachment(pages[1].id, "audit.pdf", "application/pdf", pdf_bytes("Audit passed in March."))
-    sim.add_attachment(pages[1].id, "huge.txt", "text/plain", b"x" * 6000)  # over the cap: not listed
+    sim.add_attachment(pages[1].id, "huge.txt", "text/plain", b"x" * 120_000)  # over the cap: not listed
     metadata = sync(instance)
     assert metadata["raw_documents"]["documents_added"] == 5 and metadata["markdown"]["documents_failed"] == 0
     rows = LanceStore(lancedb_uri).read("markdown", partition_filter("confluence", "OPS"),
