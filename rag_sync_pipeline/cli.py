@@ -83,12 +83,20 @@ def main() -> None:
 @click.option("--full-refresh", is_flag=True, help="Reprocess every document (vectors are still reused).")
 @click.option("--reconcile", is_flag=True, help="List every document now to find deletions, whatever the "
                                                  "source's deletion strategy.")
+@click.option("--wait", "wait_s", default=1800, show_default=True, type=click.IntRange(min=0),
+              help="Seconds to wait for a run of the same partition that is already in flight (queued or running) "
+                   "before giving up on that partition.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def sync(source_name: str | None, partition: str | None, full_refresh: bool, reconcile: bool, as_json: bool) -> None:
-    """Sync partitions now, through Dagster, recorded in the instance."""
+def sync(source_name: str | None, partition: str | None, full_refresh: bool, reconcile: bool, wait_s: int,
+         as_json: bool) -> None:
+    """Sync partitions now, through Dagster, recorded in the instance.
+
+    One run per partition at a time, as for runs launched by Dagster: a partition with a run in flight is
+    synced once that run has finished (see `rag_sync_pipeline.defs.exclusive`)."""
     from rag_sync_pipeline.definitions import build_definitions
     from rag_sync_pipeline.defs.assets import FULL_REFRESH_TAG, RECONCILE_TAG, partitions_def_for
     from rag_sync_pipeline.defs.clients import source_for
+    from rag_sync_pipeline.defs.exclusive import PartitionBusy, wait_until_idle
     from rag_sync_pipeline.defs.jobs import sync_job_name
     from rag_sync_pipeline.sources import SourceError
 
@@ -124,6 +132,12 @@ def sync(source_name: str | None, partition: str | None, full_refresh: bool, rec
         for target in targets:
             tags = {"rag_sync/trigger": "cli", **({FULL_REFRESH_TAG: "true"} if full_refresh else {}),
                     **({RECONCILE_TAG: "true"} if reconcile else {})}
+            try:
+                wait_until_idle(instance, config.name, target, wait_s, log=lambda line: click.echo(line, err=True))
+            except PartitionBusy as error:
+                summaries.append({**summarize(config.name, target, "", False, {}), "error": str(error)})
+                click.echo(f"{config.name}/{target}: SKIPPED: {error}", err=True)
+                continue
             result = job.execute_in_process(partition_key=target, instance=instance, tags=tags, raise_on_error=False)
             summary = summarize(config.name, target, result.run_id, result.success, _stage_metadata(result))
             if not result.success:

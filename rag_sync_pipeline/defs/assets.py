@@ -10,7 +10,7 @@ run from the configuration and the environment, so no secret is part of the defi
 
 import dagster as dg
 
-from rag_sync_pipeline.defs import checks
+from rag_sync_pipeline.defs import checks, exclusive
 from rag_sync_pipeline.defs.clients import source_for
 from rag_sync_pipeline.defs.resources import EmbeddingModelResource, LanceDBResource
 from rag_sync_pipeline.settings import Settings, SourceConfig
@@ -38,6 +38,11 @@ def stage_key(config: SourceConfig, stage: str) -> dg.AssetKey:
 
 def _stage_run(context: dg.AssetExecutionContext, store: LanceStore, config: SourceConfig,
                settings: Settings) -> StageRun:
+    try:
+        exclusive.wait_for_earlier_runs(context.instance, context.run.run_id, config.name, context.partition_key,
+                                        log=context.log.info)
+    except exclusive.PartitionBusy as error:
+        raise dg.Failure(description=str(error)) from None
     return StageRun(
         store=store,
         source=config.name,
