@@ -9,7 +9,7 @@ import pyarrow as pa
 from rag_sync_pipeline.store import LanceStore, schemas
 from rag_sync_pipeline.store.orphans import PARTITIONED_TABLES, find_orphans, remove_orphans
 from rag_sync_pipeline_tests.lifecycle_support import sync_partition
-from rag_sync_pipeline_tests.test_cli import cli_env, rag_sync  # noqa: F401  (fixture)
+from rag_sync_pipeline_tests.test_cli import rag_sync
 
 
 def kinds(groups) -> set[tuple[str, str, str]]:
@@ -56,7 +56,7 @@ def test_each_kind_of_orphan_is_found_and_removed(corpus, lancedb_uri, embedder)
     assert "notes.txt" not in store.read_ledger("chunks", "local", "eng")
 
 
-def test_cleanup_dry_run_lists_a_removed_sources_rows_and_cleanup_removes_them(cli_env, tmp_path, corpus):  # noqa: F811
+def test_cleanup_dry_run_lists_a_removed_sources_rows_and_cleanup_removes_them(cli_env, tmp_path, corpus):
     sources = tmp_path / "sources.yaml"
     sources.write_text(f"sources:\n  - {{name: handbook, type: local, root: {corpus}}}\n"
                        f"  - {{name: wiki, type: local, root: {corpus}}}\n")
@@ -94,7 +94,7 @@ def test_cleanup_dry_run_lists_a_removed_sources_rows_and_cleanup_removes_them(c
     assert hits[0]["source"] == "handbook"
 
 
-def test_a_partition_is_orphaned_only_once_its_folder_and_its_dynamic_partition_are_gone(cli_env, corpus):  # noqa: F811
+def test_a_partition_is_orphaned_only_once_its_folder_and_its_dynamic_partition_are_gone(cli_env, corpus):
     import shutil
 
     import dagster as dg
