@@ -71,6 +71,10 @@ def test_cli_gives_up_on_a_partition_with_a_run_in_flight(cli_env):
 
 def test_two_concurrent_cli_syncs_of_one_partition_never_overlap(cli_env):
     command = [RAG_SYNC, "sync", "--source", "local", "--partition", "eng", "--full-refresh", "--json"]
+    # The instance exists before the two processes race (as after `make run`): creating a fresh SQLite
+    # instance's schema from two processes at once is not what this test is about.
+    with dg.DagsterInstance.from_config(cli_env["DAGSTER_HOME"]) as instance:
+        instance.get_runs(limit=1)
     processes = [subprocess.Popen(command, env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                  for _ in range(2)]
     outputs = [p.communicate(timeout=600) for p in processes]

@@ -8,10 +8,10 @@ document, never a mix and never none; a batch can carry hundreds of documents fo
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import lancedb
 import pyarrow as pa
@@ -19,6 +19,14 @@ import pyarrow as pa
 from rag_sync_pipeline.store import schemas
 
 IDS_PER_FILTER = 500
+PRUNED_RETRIES = 3
+T = TypeVar("T")
+
+
+def _pruned_under_us(error: Exception) -> bool:
+    """A manifest or data file of the version a handle was on is gone: maintenance pruned it."""
+    message = str(error)
+    return "not found" in message.lower() and (".manifest" in message or ".lance" in message)
 
 
 def quote(value: str) -> str:
@@ -79,24 +87,41 @@ class LanceStore:
         if missing:
             table.add_columns(missing)
 
+    def _with_table(self, name: str, action: Callable[[Any], T], schema: pa.Schema | None = None) -> T:
+        """Run `action(table)`, reopening the table if maintenance pruned the version this handle was on.
+
+        Pruning (`optimize(cleanup_older_than=...)`) deletes old manifests and data files; a handle opened
+        before it can fail on them once. The operation is retried on a fresh handle at the latest version,
+        which is always safe: every write here is an idempotent merge keyed on row ids.
+        """
+        for attempt in range(PRUNED_RETRIES + 1):
+            table = self.table(name, schema)
+            try:
+                return action(table)
+            except (RuntimeError, OSError, ValueError) as error:
+                if attempt == PRUNED_RETRIES or not _pruned_under_us(error):
+                    raise
+                self._tables.pop(name, None)
+        raise AssertionError("unreachable")
+
     def version(self, name: str) -> int | None:
-        table = self.table(name)
-        return None if table is None else table.version
+        return self._with_table(name, lambda table: None if table is None else table.version)
 
     def count_rows(self, name: str, where: str | None = None) -> int:
-        table = self.table(name)
-        return 0 if table is None else table.count_rows(where)
+        return self._with_table(name, lambda table: 0 if table is None else table.count_rows(where))
 
     def read(self, name: str, where: str | None, columns: Sequence[str] | None = None) -> pa.Table:
-        table = self.table(name)
-        if table is None:
-            return pa.table({c: pa.array([], pa.string()) for c in columns or []})
-        query = table.search()
-        if where:
-            query = query.where(where)
-        if columns:
-            query = query.select(list(columns))
-        return query.limit(None).to_arrow()
+        def query(table) -> pa.Table:
+            if table is None:
+                return pa.table({c: pa.array([], pa.string()) for c in columns or []})
+            builder = table.search()
+            if where:
+                builder = builder.where(where)
+            if columns:
+                builder = builder.select(list(columns))
+            return builder.limit(None).to_arrow()
+
+        return self._with_table(name, query)
 
     def read_documents(self, name: str, source: str, partition: str, doc_ids: Sequence[str],
                        columns: Sequence[str] | None = None) -> list[dict[str, Any]]:
@@ -112,18 +137,19 @@ class LanceStore:
         """Make the rows of `doc_ids` (within `scope`) exactly `rows`, in one commit."""
         if not doc_ids:
             return
-        table = self.table(name, schema)
-        data = pa.Table.from_pylist(rows, schema=table.schema)
-        (table.merge_insert(key)
-            .when_matched_update_all()
-            .when_not_matched_insert_all()
-            .when_not_matched_by_source_delete(f"{scope} AND {in_list('doc_id', doc_ids)}")
-            .execute(data))
+
+        def merge(table) -> None:
+            data = pa.Table.from_pylist(rows, schema=table.schema)
+            (table.merge_insert(key)
+                .when_matched_update_all()
+                .when_not_matched_insert_all()
+                .when_not_matched_by_source_delete(f"{scope} AND {in_list('doc_id', doc_ids)}")
+                .execute(data))
+
+        self._with_table(name, merge, schema)
 
     def delete(self, name: str, where: str) -> None:
-        table = self.table(name)
-        if table is not None:
-            table.delete(where)
+        self._with_table(name, lambda table: None if table is None else table.delete(where))
 
     # -- the ledger: what each stage did with each document ---------------------------------------------
 
@@ -175,13 +201,17 @@ class LanceStore:
 
     def write_partition_state(self, source: str, partition: str, stage: str, mark: str | None,
                               documents: int, rows: int, run_id: str, reconciled_at: datetime | None = None) -> None:
-        table = self.table(schemas.PARTITION_STATE_TABLE)
-        data = pa.Table.from_pylist([{
+        row = {
             "key": f"{source}|{partition}|{stage}", "source": source, "partition": partition, "stage": stage,
             "mark": mark, "documents": documents, "rows": rows, "run_id": run_id, "updated_at": now(),
             "reconciled_at": reconciled_at,
-        }], schema=table.schema)
-        table.merge_insert("key").when_matched_update_all().when_not_matched_insert_all().execute(data)
+        }
+
+        def upsert(table) -> None:
+            data = pa.Table.from_pylist([row], schema=table.schema)
+            table.merge_insert("key").when_matched_update_all().when_not_matched_insert_all().execute(data)
+
+        self._with_table(schemas.PARTITION_STATE_TABLE, upsert)
 
     # -- search ---------------------------------------------------------------------------------------
 
