@@ -22,7 +22,7 @@ from typing import Any
 from rag_sync_pipeline.identity import canonical_json, chunk_id, document_key, sha256_hex
 from rag_sync_pipeline.sources import DocumentError, Source
 from rag_sync_pipeline.store import LanceStore, LedgerEntry, schemas
-from rag_sync_pipeline.store.lance import now, partition_filter
+from rag_sync_pipeline.store.lance import in_list, now, partition_filter, quote
 from rag_sync_pipeline.sync.plan import batched, plan_stage
 from rag_sync_pipeline.sync.report import StageReport
 from rag_sync_pipeline.transform.chunking import MarkdownChunker
@@ -257,8 +257,6 @@ def sync_chunks(run: StageRun, chunker: MarkdownChunker, chunker_id: str) -> Sta
 # -- embeddings: the final table; a vector is reused whenever (model, chunk text) is unchanged -----------
 
 def _cached_vectors(run: StageRun, model_id: str, text_hashes: list[str]) -> dict[str, list[float]]:
-    from rag_sync_pipeline.store.lance import in_list, quote
-
     cached: dict[str, list[float]] = {}
     if run.store.table(schemas.EMBEDDINGS_TABLE) is None:
         return cached
