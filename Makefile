@@ -9,7 +9,7 @@ POSTGRES_HOME := $(CURDIR)/.dagster_home_postgres
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install browser run run-postgres test lint validate clean
+.PHONY: install browser run run-postgres test lint validate clean bench
 
 install: $(VENV)/.installed
 
@@ -47,7 +47,12 @@ test: install browser validate
 	$(BIN)/pytest
 
 lint: install
-	$(BIN)/ruff check rag_sync_pipeline rag_sync_pipeline_tests
+	$(BIN)/ruff check rag_sync_pipeline rag_sync_pipeline_tests rag_sync_pipeline_bench
+
+# Issue #7's figures against the simulators and a local S3 server, one table on stdout, JSON in bench-results/.
+# BENCH_PAGES=200 make bench for a quick run (default 4000 pages: about half an hour of encoding on 2 cores).
+bench: install
+	$(PY) -m rag_sync_pipeline_bench
 
 clean:
 	rm -rf $(EMBEDDED_HOME) $(POSTGRES_HOME) data test-artifacts

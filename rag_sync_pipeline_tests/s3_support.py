@@ -11,6 +11,7 @@ from __future__ import annotations
 import http.client
 import os
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -18,6 +19,7 @@ import time
 from collections import Counter
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -35,13 +37,18 @@ def free_port() -> int:
 
 
 class MotoServer:
-    """`python -m moto.server` on a free loopback port, in its own process; stopped by `close()`."""
+    """moto's S3 server on a free loopback port, in its own process; stopped by `close()`.
 
-    def __init__(self, extra_env: dict[str, str] | None = None) -> None:
+    `atomic` (the default) serves one request at a time (`moto_atomic`), so conditional PUTs are atomic as on
+    S3; `atomic=False` is plain `python -m moto.server`, threaded.
+    """
+
+    def __init__(self, extra_env: dict[str, str] | None = None, atomic: bool = True) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, **(extra_env or {})}
-        self.process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+        module = "rag_sync_pipeline_tests.moto_atomic" if atomic else "moto.server"
+        self.process = subprocess.Popen([sys.executable, "-m", module, "-H", "127.0.0.1", "-p", str(self.port)],
                                         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             self._wait_until_serving()
@@ -94,13 +101,38 @@ def s3_operation(method: str, target: str) -> tuple[str, str]:
     return f"{method} {'object' if key else 'bucket'}", key
 
 
+@dataclass
+class ProxyFault:
+    """One injected failure for the next request of `operation` (ListObjectsV2, GetObject, ...).
+
+    `action`: "status" answers `status` with S3's XML error shape (`code`) and `headers` (Retry-After, ...);
+    "reset" drops the connection unanswered (a TCP reset); "hang" waits `seconds` before forwarding (a client
+    timeout); "truncate" forwards, then sends the headers and only half the body and closes (a body cut off).
+    `skip`: that many matching requests pass first. `key`: only requests for this object key, or any."""
+
+    operation: str
+    action: str = "status"
+    status: int = 503
+    code: str = "SlowDown"
+    headers: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+    skip: int = 0
+    key: str | None = None
+
+
 class CountingProxy:
-    """Forwards HTTP requests to `upstream_port` on loopback and counts them per S3 operation and key."""
+    """Forwards HTTP requests to `upstream_port` on loopback and counts them per S3 operation and key.
+
+    S3 itself does not misbehave on request, so faults are injected here: append `ProxyFault`s to `faults`."""
 
     def __init__(self, upstream_port: int) -> None:
         self.upstream_port = upstream_port
+        self.faults: list[ProxyFault] = []
+        self.faults_met = 0
         self.operations: Counter[str] = Counter()
         self.keys: Counter[tuple[str, str]] = Counter()
+        # (operation, precondition header or '', HTTP status): shows conditional writes and their answers.
+        self.answers: Counter[tuple[str, str, int]] = Counter()
         self._lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
@@ -108,10 +140,11 @@ class CountingProxy:
         self._thread = threading.Thread(target=self.server.serve_forever, name="s3-counting-proxy", daemon=True)
         self._thread.start()
 
-    def record(self, method: str, target: str) -> None:
+    def record(self, method: str, target: str, precondition: str = "", status: int = 0) -> None:
         operation, key = s3_operation(method, target)
         with self._lock:
             self.operations[operation] += 1
+            self.answers[(operation, precondition, status)] += 1
             if key:
                 self.keys[(operation, key)] += 1
 
@@ -119,14 +152,32 @@ class CountingProxy:
         with self._lock:
             return self.operations[operation]
 
+    def answered(self, operation: str, precondition: str, status: int) -> int:
+        """How many `operation` requests carrying the `precondition` header got `status`."""
+        with self._lock:
+            return self.answers[(operation, precondition, status)]
+
     def keys_of(self, operation: str) -> Counter[str]:
         with self._lock:
             return Counter({key: n for (op, key), n in self.keys.items() if op == operation})
+
+    def take_fault(self, method: str, target: str) -> ProxyFault | None:
+        operation, key = s3_operation(method, target)
+        with self._lock:
+            fault = next((f for f in self.faults if f.operation == operation and f.key in (None, key)), None)
+            if fault is not None and fault.skip:
+                fault.skip -= 1
+                return None
+            if fault is not None:
+                self.faults.remove(fault)
+                self.faults_met += 1
+            return fault
 
     def reset(self) -> None:
         with self._lock:
             self.operations.clear()
             self.keys.clear()
+            self.answers.clear()
 
     def close(self) -> None:
         self.server.shutdown()
@@ -139,9 +190,33 @@ class CountingProxy:
             protocol_version = "HTTP/1.1"
             disable_nagle_algorithm = True  # headers and body go out in two writes; don't wait for delayed ACKs
 
+            def fail(self, fault: ProxyFault) -> bool:
+                """Act out `fault`; True when nothing more is to be sent."""
+                if fault.action == "reset":
+                    self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    self.close_connection = True
+                    self.connection.close()
+                    return True
+                if fault.action == "status":
+                    error = (f"<?xml version='1.0' encoding='UTF-8'?>\n<Error><Code>{fault.code}</Code><Message>"
+                             f"injected {fault.status}</Message><RequestId>fault</RequestId></Error>").encode()
+                    self.send_response_only(fault.status)
+                    for name, value in {"Content-Type": "application/xml", **fault.headers}.items():
+                        self.send_header(name, value)
+                    self.send_header("Content-Length", str(len(error)))
+                    self.end_headers()
+                    self.wfile.write(error)
+                    return True
+                if fault.action == "hang":
+                    time.sleep(fault.seconds)
+                return False
+
             def forward(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else None
+                fault = proxy.take_fault(self.command, self.path)
+                if fault is not None and self.fail(fault):
+                    return
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
                 upstream = http.client.HTTPConnection("127.0.0.1", proxy.upstream_port, timeout=120)
                 try:
@@ -150,7 +225,8 @@ class CountingProxy:
                     data = response.read()
                 finally:
                     upstream.close()
-                proxy.record(self.command, self.path)
+                precondition = next((h for h in ("If-None-Match", "If-Match") if h in self.headers), "")
+                proxy.record(self.command, self.path, precondition, response.status)
                 self.send_response_only(response.status, response.reason)
                 for name, value in response.getheaders():
                     if name.lower() not in HOP_BY_HOP and (name.lower() != "content-length" or self.command == "HEAD"):
@@ -158,8 +234,14 @@ class CountingProxy:
                 if self.command != "HEAD":
                     self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(data)
+                try:
+                    if fault is not None and fault.action == "truncate":
+                        self.wfile.write(data[:len(data) // 2])
+                        self.close_connection = True
+                    elif self.command != "HEAD":
+                        self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up waiting (an injected "hang")
 
             do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = forward
 

@@ -14,7 +14,7 @@ def test_no_chunk_exceeds_the_models_window_counted_by_its_own_tokenizer(chunker
     markdown = f"# Guide\n\n## Long part\n\n{long_section}\n\n| a | b |\n|---|---|\n" + "| x | y |\n" * 200
     chunks = chunker.chunk(markdown)
     assert len(chunks) > 5
-    tokenizer = embedder.model.tokenizer
+    tokenizer = embedder.loaded().tokenizer
     for chunk in chunks:
         assert len(tokenizer(chunk.text)["input_ids"]) <= embedder.max_seq_length == 256
         assert chunk.token_count <= 256

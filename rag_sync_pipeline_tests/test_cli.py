@@ -32,9 +32,14 @@ def test_sync_search_status_round_trip(cli_env, corpus):
     again = json.loads(rag_sync(cli_env, "sync", "--source", "local", "--partition", "hr", "--json").stdout)
     assert again["documents_deleted"] == 1 and again["chunks_embedded"] == 0 and again["documents_unchanged"] == 1
 
+    # Nothing changed since: the probe says so, and no run is started (no model, no Dagster run overhead).
+    idle = json.loads(rag_sync(cli_env, "sync", "--source", "local", "--partition", "hr", "--json").stdout)
+    assert idle["success"] and idle["unchanged"] and idle["run_id"] == ""
+    assert (idle["documents_total"], idle["chunks_total"], idle["chunks_embedded"]) == (1, 1, 0)
+
     [row] = json.loads(rag_sync(cli_env, "status", "--json").stdout)
     assert (row["source"], row["partition"], row["documents"], row["chunks"]) == ("local", "hr", 1, 1)
-    assert row["in_sync"] is True
+    assert row["in_sync"] is True and row["fresh"] is True  # synced just now, bound 24 hours
     assert row["table_version"] > 0 and row["last_sync"]
     assert "hr" in rag_sync(cli_env, "status").stdout
 
@@ -63,3 +68,19 @@ def test_unknown_partition_and_source_fail_clearly(cli_env):
 
 def test_search_before_any_sync_says_so(cli_env):
     assert "no results" in rag_sync(cli_env, "search", "anything").stdout
+
+
+def test_a_sync_with_nothing_to_embed_never_imports_torch(cli_env, corpus):
+    """Importing torch and loading the model cost seconds; a no-change sync (or one whose only change is a
+    deletion) embeds nothing, so it must not pay for them."""
+    first = json.loads(rag_sync(cli_env, "sync", "--source", "local", "--partition", "hr", "--json").stdout)
+    assert first["chunks_embedded"] == 2
+    (corpus / "hr" / "leave.txt").unlink()
+    probe = ("import sys; from rag_sync_pipeline.cli import main\n"
+             "try:\n    main(['sync', '--source', 'local', '--partition', 'hr', '--json'])\n"
+             "except SystemExit as exit:\n"
+             "    print('EXIT', exit.code, 'torch' in sys.modules, 'sentence_transformers' in sys.modules)\n")
+    result = subprocess.run([sys.executable, "-c", probe], env=cli_env, capture_output=True, text=True, timeout=300)
+    summary = json.loads(result.stdout[:result.stdout.rindex("EXIT")])
+    assert summary["documents_deleted"] == 1 and summary["chunks_embedded"] == 0 and summary["success"]
+    assert result.stdout.strip().endswith("EXIT 0 False False"), result.stdout[-500:] + result.stderr[-2000:]

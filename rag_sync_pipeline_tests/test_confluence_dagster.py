@@ -56,7 +56,7 @@ def sync(instance, tags=None):
 def tick(instance):
     definitions = build_definitions(load_settings())
     sensor = definitions.resolve_sensor_def("confluence_sync_sensor")
-    context = dg.build_sensor_context(instance=instance, resources={"lancedb": definitions.resources["lancedb"]})
+    context = dg.build_sensor_context(instance=instance, resources=definitions.resources)
     return sensor(context)
 
 
@@ -146,7 +146,8 @@ def test_a_burst_of_429s_slows_the_sync_down_and_it_completes(confluence_env, si
     sim.faults += [Fault(429, {"message": "Too Many Requests"}, path_contains="/api/v2/pages/") for _ in range(5)]
     started = time.monotonic()
     metadata = sync(instance)
-    assert time.monotonic() - started >= 3  # three waits of Retry-After: 1
+    # The fetch threads share one client, and a rate limit pauses all of them: at least one Retry-After waited.
+    assert time.monotonic() - started >= 1
     assert sim.calls["fault"] == 8 and metadata["raw_documents"]["documents_added"] == 30
     assert len(indexed(lancedb_uri)) == 30
 

@@ -30,9 +30,16 @@ def test_asset_graph_snapshot(local_env):
     }
     assert sorted(c.to_user_string() for c in graph.asset_check_keys) == [
         "local/chunks:chunks_within_token_window", "local/embeddings:every_chunk_has_a_vector",
-        "local/embeddings:no_chunks_of_deleted_documents", "local/markdown:no_document_failures",
+        "local/embeddings:no_chunks_of_deleted_documents",
+        "local/embeddings:partitions_synced_within_freshness_bound", "local/markdown:no_document_failures",
         "local/raw_documents:no_document_failures", "local/raw_documents:source_reachable"]
     assert definitions.resolve_job_def("check_sources")
+    schedule = definitions.resolve_schedule_def("check_freshness_schedule")
+    assert schedule.job_name == "check_freshness" and schedule.default_status == dg.DefaultScheduleStatus.RUNNING
+    # The sync job runs the invariant checks, not the scheduled ones (source reachability, freshness).
+    sync_checks = definitions.resolve_job_def("local_sync").asset_layer.asset_graph.asset_check_keys
+    assert {c.name for c in sync_checks} == {"chunks_within_token_window", "every_chunk_has_a_vector",
+                                             "no_chunks_of_deleted_documents", "no_document_failures"}
     assert definitions.resolve_job_def("local_sync").partitions_def.name == "local_partitions"
     sensor = definitions.resolve_sensor_def("local_sync_sensor")
     assert sensor.default_status == dg.DefaultSensorStatus.RUNNING and sensor.minimum_interval_seconds == 30
@@ -50,10 +57,11 @@ def test_two_instances_of_one_source_type_get_their_own_assets_jobs_and_sensors(
 
 
 def test_resources_hold_plain_settings_only(local_env, lancedb_uri):
-    """Source clients and their secrets are built inside a run; the Definitions carry no credential."""
+    """Source clients are built inside a run; the Definitions carry no credential, only EnvVar names."""
     resources = build_definitions(load_settings()).resources
-    assert dict(resources["lancedb"]) == {"uri": lancedb_uri}
-    assert set(dict(resources["embedding_model"])) == {"model", "device", "batch_size", "max_tokens"}
+    assert dict(resources["lancedb"]) == {"uri": lancedb_uri, "storage_options": {}}
+    assert set(dict(resources["embedding_model"])) == {"model", "device", "batch_size", "max_tokens", "backend"}
+    assert dict(resources["source_secrets"]) == {"values": {}}  # the local source needs no credential
 
 
 def test_dagster_definitions_validate_and_dg_check_defs(local_env, tmp_path):

@@ -22,7 +22,7 @@ def test_429_with_retry_after_waits_what_the_service_asked(server):
     state.script = [Answer(429, {"message": "slow down"}, {"Retry-After": "7"}), Answer(200, {"value": 1})]
     delays = []
     assert client_for(url, delays).get_json("/x") == {"value": 1}
-    assert delays == [7.0] and len(state.requests) == 2
+    assert delays == [pytest.approx(7.0, abs=0.1)] and len(state.requests) == 2
 
 
 def test_429_without_retry_after_and_5xx_back_off_with_growing_jitter(server):
@@ -41,7 +41,18 @@ def test_rate_limit_reset_timestamp_and_server_dc_403_with_headers_are_rate_limi
                     Answer(200, {"v": 3})]
     delays = []
     assert client_for(url, delays).get_json("/x") == {"v": 3}
-    assert delays == [0.0]
+    assert delays == [] and len(state.requests) == 2  # the reset time has passed: retried at once
+
+
+def test_a_rate_limit_pauses_every_request_of_the_client_not_only_the_one_refused(server):
+    state, url = server
+    state.script = [Answer(429, {"message": "slow down"}, {"Retry-After": "30"}), Answer(200, {"v": 5})]
+    delays = []
+    client = client_for(url, delays)
+    assert client.get_json("/x") == {"v": 5}
+    # The sleeps are recorded, not slept: a request sent now (another fetch thread's) still waits out the pause.
+    assert client.get_json("/y") == {"ok": True}
+    assert delays == [pytest.approx(30, abs=0.5), pytest.approx(30, abs=0.5)] and len(state.requests) == 3
 
 
 def test_truncated_json_and_connection_reset_are_retried(server):

@@ -35,7 +35,7 @@ def test_plain_text_has_no_title_and_keeps_text():
 
 
 @pytest.mark.parametrize("content, content_type, message", [
-    (b"\xff\xfe\x00bad", "text/plain", "binary content"),
+    (b"\x7fELF\x02\x01\x01\x00\x00bad", "text/plain", "binary content"),  # FF FE would be a UTF-16 BOM
     (b"caf\xe9", "text/markdown", "invalid UTF-8 at byte 3"),
     (b"PK\x03\x04", "application/zip", "unsupported content type"),
     (b"%PDF-1.7", "application/pdf", "unreadable PDF"),
@@ -62,3 +62,22 @@ def test_blank_lines_collapse_outside_code_blocks_only():
     source = "# T  \r\n\r\n\r\n\r\nText\n\n```python\ndef a():\n    pass\n\n\n\ndef b():  \n    pass\n```\n\n\n\nEnd\n"
     assert normalize_markdown(source) == (
         "# T\n\nText\n\n```python\ndef a():\n    pass\n\n\n\ndef b():  \n    pass\n```\n\nEnd\n")
+
+
+@pytest.mark.parametrize("content, content_type", [
+    ("Grüße aus Zürich".encode("latin-1"), "text/plain; charset=iso-8859-1"),
+    ("Grüße aus Zürich".encode("cp1252"), 'text/html; charset="windows-1252"'),
+    ("Grüße aus Zürich".encode("utf-16-le"), "text/plain; charset=UTF-16LE"),  # NUL bytes, yet text
+    ("Grüße aus Zürich".encode("utf-16"), "text/plain"),  # the byte-order mark says it
+    ("Grüße aus Zürich".encode("utf-32"), "text/markdown"),
+])
+def test_text_is_decoded_as_its_charset_or_byte_order_mark_says(content, content_type):
+    markdown, _ = to_markdown(content, content_type)
+    assert "Grüße aus Zürich" in markdown
+
+
+def test_unknown_charset_and_empty_text_are_conversion_errors():
+    with pytest.raises(ConversionError, match="unknown charset 'klingon'"):
+        to_markdown(b"text", "text/plain; charset=klingon")
+    with pytest.raises(ConversionError, match="empty document"):
+        to_markdown(b"<html><head><title>Only a title</title></head><body> </body></html>", "text/html")

@@ -58,7 +58,7 @@ def doc_ids(store: LanceStore, table: str, partition: str) -> set[str]:
 def sensor_tick(instance: dg.DagsterInstance) -> dg.SensorResult:
     definitions = build_definitions(load_settings())
     sensor = definitions.resolve_sensor_def("notion_sync_sensor")
-    context = dg.build_sensor_context(instance=instance, resources={"lancedb": definitions.resources["lancedb"]})
+    context = dg.build_sensor_context(instance=instance, resources=definitions.resources)
     return sensor(context)
 
 

@@ -1,9 +1,10 @@
 """The run queue of the repository's dagster.yaml under load, in a real `dagster dev` (webserver + daemon).
 
-Two local source instances from a sources file (`alpha`, `beta`), two partitions each with distinct names, the
-sensors stopped; every partition is then submitted twice at once through GraphQL (8 runs). From the runs' start
-and end times: two runs of one partition never overlap, different partitions do run at the same time, and never
-more than `max_concurrent_runs` (2) at once.
+Two local source instances from a sources file (`alpha`, `beta`), two partitions each with distinct names,
+written only once the sensors are stopped (so the first run of each has documents to embed); every partition
+is then submitted twice at once through GraphQL (8 runs). From the runs' start and end times: two runs of one
+partition never overlap, different partitions do run at the same time, and never more than
+`max_concurrent_runs` (2) at once.
 """
 
 from __future__ import annotations
@@ -36,13 +37,9 @@ def test_queue_runs_partitions_concurrently_but_one_run_per_partition(tmp_path):
     home.mkdir()
     shutil.copy(REPO_ROOT / "dagster.yaml", home / "dagster.yaml")
     entries = []
-    for source, partitions in PARTITIONS.items():
-        root = tmp_path / source
-        for partition in partitions:
-            (root / partition).mkdir(parents=True)
-            for i in range(3):
-                (root / partition / f"note{i}.md").write_text(f"# {partition} {i}\n\nNote {i} of {partition}.\n")
-        entries.append(f"  - name: {source}\n    type: local\n    root: {root}\n")
+    for source in PARTITIONS:  # empty until the sensors are stopped: every submitted run then has work to do
+        (tmp_path / source).mkdir()
+        entries.append(f"  - name: {source}\n    type: local\n    root: {tmp_path / source}\n")
     (tmp_path / "sources.yaml").write_text("sources:\n" + "".join(entries))
     env = clean_environment(RAG_LOCAL_ENABLED="false", RAG_SOURCES_FILE=str(tmp_path / "sources.yaml"),
                             RAG_LANCEDB_URI=str(tmp_path / "lancedb"), DAGSTER_HOME=str(home), HF_HUB_OFFLINE="1",
@@ -57,6 +54,10 @@ def test_queue_runs_partitions_concurrently_but_one_run_per_partition(tmp_path):
             sensor = graphql(dev.url, SENSOR_QUERY, {"selector": {**selector, "sensorName": f"{source}_sync_sensor"}})
             graphql(dev.url, STOP_SENSOR, {"id": sensor["sensorOrError"]["id"]})
             for partition in partitions:
+                (tmp_path / source / partition).mkdir()
+                for i in range(3):
+                    (tmp_path / source / partition / f"note{i}.md").write_text(
+                        f"# {partition} {i}\n\nNote {i} of {partition}.\n")
                 graphql(dev.url, ADD_PARTITION, {"selector": selector, "name": f"{source}_partitions",
                                                  "key": partition})
         client = DagsterGraphQLClient("127.0.0.1", port_number=dev.port, timeout=60)

@@ -92,7 +92,7 @@ def sync(instance: dg.DagsterInstance, partition: str, **kwargs) -> dg.ExecuteIn
 def tick(instance: dg.DagsterInstance) -> dg.SensorResult:
     definitions = build_definitions(load_settings())
     sensor = definitions.resolve_sensor_def("s3_sync_sensor")
-    return sensor(dg.build_sensor_context(instance=instance, resources={"lancedb": definitions.resources["lancedb"]}))
+    return sensor(dg.build_sensor_context(instance=instance, resources=definitions.resources))
 
 
 def doc_ids(store: LanceStore, table: str, partition: str) -> set[str]:
@@ -496,6 +496,7 @@ def test_environment_configures_buckets_prefix_endpoint_region_size_cap_and_inte
     clean_env.setenv("S3_SYNC_BUCKET", " manuals , policies ")
     clean_env.setenv("S3_SYNC_PREFIX", "exports/2025")
     clean_env.setenv("S3_ENDPOINT_URL", "http://minio.internal:9000")
+    clean_env.setenv("RAG_ALLOW_INSECURE_HTTP", "true")  # plain http off loopback must be allowed explicitly
     clean_env.setenv("AWS_REGION", "eu-central-1")
     clean_env.setenv("S3_SYNC_MAX_OBJECT_BYTES", "1048576")
     clean_env.setenv("S3_SYNC_INTERVAL_SECONDS", "120")

@@ -8,7 +8,7 @@ from rag_sync_pipeline_tests.dagster_support import local_definitions, materiali
 def tick(instance: dg.DagsterInstance) -> dg.SensorResult:
     definitions = local_definitions()
     sensor = definitions.resolve_sensor_def("local_sync_sensor")
-    context = dg.build_sensor_context(instance=instance, resources={"lancedb": definitions.resources["lancedb"]})
+    context = dg.build_sensor_context(instance=instance, resources=definitions.resources)
     return sensor(context)
 
 

@@ -20,6 +20,7 @@ def test_environment_overrides(clean_env, tmp_path):
     clean_env.setenv("RAG_LOCAL_ROOT", str(tmp_path))
     clean_env.setenv("RAG_LANCEDB_URI", "s3://bucket/index")
     clean_env.setenv("RAG_DOCUMENTS_PER_COMMIT", "50")
+    clean_env.setenv("RAG_MAX_MARKDOWN_BYTES", "1000000")
     clean_env.setenv("LOCAL_SYNC_INTERVAL_SECONDS", "7")
     clean_env.setenv("EXTERNAL_SYNC_ENABLED", "true")
     settings = load_settings()
@@ -27,6 +28,7 @@ def test_environment_overrides(clean_env, tmp_path):
     assert settings.source("local").sensor_interval_seconds == 7
     assert settings.lancedb_uri == "s3://bucket/index"
     assert settings.documents_per_commit == 50
+    assert settings.max_markdown_bytes == 1_000_000
     assert settings.external_sync_enabled is True
 
 
@@ -76,3 +78,25 @@ def test_configuration_is_not_read_at_import_time(clean_env, tmp_path):
     importlib.reload(definitions)  # importing must not touch the broken configuration
     with pytest.raises(ConfigurationError, match="missing.yaml"):
         definitions.load_settings()
+
+
+def test_pool_and_freshness_bound_per_source(clean_env, tmp_path):
+    sources = tmp_path / "sources.yaml"
+    sources.write_text(f"sources:\n  - {{name: wiki, type: local, root: {tmp_path}, pool: acme_wiki_api, "
+                       f"freshness_hours: 2}}\n  - {{name: notes, type: local, root: {tmp_path}}}\n")
+    clean_env.setenv("RAG_SOURCES_FILE", str(sources))
+    clean_env.setenv("LOCAL_FRESHNESS_MINUTES", "90")
+    settings = load_settings()
+    wiki, notes, local = settings.source("wiki"), settings.source("notes"), settings.source("local")
+    assert (wiki.api_pool, wiki.freshness_minutes) == ("acme_wiki_api", 120)
+    assert "pool" not in wiki.options and "freshness_hours" not in wiki.options
+    assert (notes.api_pool, notes.freshness_minutes) == ("local_api", 24 * 60)
+    assert (local.api_pool, local.freshness_minutes) == ("local_api", 90)
+def test_embedding_backend_and_fetch_concurrency(clean_env):
+    assert (load_settings().embedding_backend, load_settings().fetch_concurrency) == ("torch", 8)
+    clean_env.setenv("RAG_EMBEDDING_BACKEND", "ONNX-int8")
+    clean_env.setenv("RAG_FETCH_CONCURRENCY", "3")
+    assert (load_settings().embedding_backend, load_settings().fetch_concurrency) == ("onnx-int8", 3)
+    clean_env.setenv("RAG_EMBEDDING_BACKEND", "tensorflow")
+    with pytest.raises(ConfigurationError, match="RAG_EMBEDDING_BACKEND"):
+        load_settings()

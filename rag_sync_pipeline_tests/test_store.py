@@ -98,3 +98,30 @@ def test_tables_from_an_older_release_gain_new_columns(lancedb_uri):
     stamp = datetime(2026, 11, 1, tzinfo=UTC)
     store.write_partition_state("s", "p", "raw_documents", "m", 1, 1, "run", reconciled_at=stamp)
     assert store.read_partition_state("s", "p")["raw_documents"]["reconciled_at"] == stamp
+
+
+def test_hybrid_search_finds_an_exact_identifier_that_vector_search_ranks_low(lancedb_uri, embedder):
+    from rag_sync_pipeline.store import schemas
+    from rag_sync_pipeline.store.index_settings import embeddings_schema
+    from rag_sync_pipeline.store.maintenance import ensure_indexes
+
+    texts = [f"The {topic} runbook explains how the on-call engineer restarts the {topic} service safely."
+             for topic in ("billing", "search", "ingest", "auth", "gateway", "scheduler")]
+    texts.append("Quarterly invoice archive, reference ZX-88213, kept for seven years.")
+    vectors = embedder.encode(texts)
+    rows = [{"id": f"c{i}", "vector": vector.tolist(), "text": text, "metadata": None, "source": "s",
+             "partition": "p", "doc_id": f"d{i}", "title": f"Doc {i}", "url": None, "path": None,
+             "last_modified": None, "heading_path": "", "chunk_index": 0, "text_hash": str(i), "model_id": "m"}
+            for i, (text, vector) in enumerate(zip(texts, vectors, strict=True))]
+    store = LanceStore(lancedb_uri)
+    table = store.table(schemas.EMBEDDINGS_TABLE, embeddings_schema(384, "m", None))
+    table.add(pa.Table.from_pylist(rows, schema=table.schema))
+    assert ensure_indexes(table, schemas.EMBEDDINGS_TABLE, vector_index_min_rows=1_000) == ["fts:text"]
+
+    question = "how do I restart a service? ZX-88213"
+    vector = embedder.encode([question])[0]
+    assert "c6" not in [hit["id"] for hit in store.search(vector, 3)]
+    hybrid = store.hybrid_search(vector, question, 3)
+    assert "c6" in [hit["id"] for hit in hybrid]  # first in the full-text ranking, fused into the top 3
+    assert all(hit["score"] > 0 for hit in hybrid) and {"title", "url", "partition"} <= hybrid[0].keys()
+    assert [h["id"] for h in store.hybrid_search(vector, question, 3, source="s", partition="other")] == []

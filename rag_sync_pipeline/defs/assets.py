@@ -8,15 +8,19 @@ run from the configuration and the environment, so no secret is part of the defi
 """
 
 
+from datetime import timedelta
+
 import dagster as dg
 
 from rag_sync_pipeline.defs import checks, exclusive
 from rag_sync_pipeline.defs.clients import source_for
-from rag_sync_pipeline.defs.resources import EmbeddingModelResource, LanceDBResource
+from rag_sync_pipeline.defs.resources import EmbeddingModelResource, LanceDBResource, SourceSecretsResource
 from rag_sync_pipeline.settings import Settings, SourceConfig
 from rag_sync_pipeline.sources import PartitionError
 from rag_sync_pipeline.store import LanceStore
+from rag_sync_pipeline.store.lance import now
 from rag_sync_pipeline.sync import StageReport, StageRun, sync_chunks, sync_embeddings, sync_markdown, sync_raw
+from rag_sync_pipeline.sync.freshness import health_markdown, partition_health
 
 FULL_REFRESH_TAG = "rag_sync/full_refresh"
 RECONCILE_TAG = "rag_sync/reconcile"
@@ -50,6 +54,8 @@ def _stage_run(context: dg.AssetExecutionContext, store: LanceStore, config: Sou
         run_id=context.run.run_id,
         full_refresh=context.run.tags.get(FULL_REFRESH_TAG, "").lower() == "true",
         documents_per_commit=settings.documents_per_commit,
+        max_markdown_bytes=settings.max_markdown_bytes,
+        fetch_concurrency=settings.fetch_concurrency,
         log=context.log.info,
     )
 
@@ -65,16 +71,45 @@ def _metadata(report: StageReport, store: LanceStore, table: str) -> dict:
     return metadata
 
 
+def _api_calls_of_run(context: dg.AssetExecutionContext, config: SourceConfig) -> int:
+    """The API calls the raw stage made in this run (0 when this run did not include it)."""
+    records = context.instance.fetch_materializations(dg.AssetRecordsFilter(
+        asset_key=stage_key(config, "raw_documents"), asset_partitions=[context.partition_key]), limit=1).records
+    if not records or records[0].run_id != context.run.run_id:
+        return 0
+    value = records[0].asset_materialization.metadata.get("api_calls")
+    return int(value.value) if value is not None else 0
+
+
+def _sync_health(context: dg.AssetExecutionContext, store: LanceStore, config: SourceConfig,
+                 partitions: dg.DynamicPartitionsDefinition) -> dict:
+    """The final stage's at-a-glance health: this partition's last sync and totals, and a table of all the
+    source's partitions (last sync, documents, chunks, failures, fresh or not)."""
+    bound = timedelta(minutes=config.freshness_minutes)
+    rows = partition_health(store, config.name, context.instance.get_dynamic_partitions(partitions.name), bound,
+                            now())
+    mine = next(row for row in rows if row.partition == context.partition_key)
+    return {
+        "last_synced_at": dg.MetadataValue.timestamp(mine.synced_at) if mine.synced_at else "never",
+        "documents": mine.documents,
+        "chunks": mine.chunks,
+        "open_failures": mine.failures,
+        "api_calls": _api_calls_of_run(context, config),
+        "sync_health": dg.MetadataValue.md(health_markdown(rows, bound)),
+    }
+
+
 def build_source_assets(config: SourceConfig, settings: Settings) -> list[dg.AssetsDefinition]:
     partitions = partitions_def_for(config)
     common = dict(partitions_def=partitions, group_name=config.name, kinds={"lancedb", "python"})
 
     @dg.asset(key=stage_key(config, "raw_documents"), description=STAGE_DESCRIPTIONS["raw_documents"],
               check_specs=checks.specs_for("raw_documents", stage_key(config, "raw_documents"), partitions),
-              pool=f"{config.type}_api", **common)
-    def raw_documents(context: dg.AssetExecutionContext, lancedb: LanceDBResource) -> dg.MaterializeResult:
+              pool=config.api_pool, **common)
+    def raw_documents(context: dg.AssetExecutionContext, lancedb: LanceDBResource,
+                      source_secrets: SourceSecretsResource) -> dg.MaterializeResult:
         store = lancedb.get_store()
-        source = source_for(config)
+        source = source_for(config, source_secrets.values)
         try:
             reconcile = context.run.tags.get(RECONCILE_TAG, "").lower() == "true"
             report = sync_raw(_stage_run(context, store, config, settings), source, reconcile=reconcile)
@@ -113,7 +148,8 @@ def build_source_assets(config: SourceConfig, settings: Settings) -> list[dg.Ass
         embedder = embedding_model.get_embedder()
         run = _stage_run(context, store, config, settings)
         report = sync_embeddings(run, embedder)
-        metadata = {**_metadata(report, store, "embeddings"), "model": embedder.model_id}
+        metadata = {**_metadata(report, store, "embeddings"), "model": embedder.model_id,
+                    **_sync_health(context, store, config, partitions)}
         return dg.MaterializeResult(metadata=metadata, check_results=[
             checks.vectors_check(store, config.name, run.partition, embedder.dimension),
             checks.orphans_check(store, config.name, run.partition),

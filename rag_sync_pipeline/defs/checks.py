@@ -1,20 +1,24 @@
-"""Asset checks for the invariants of DESIGN.md, evaluated for the partition a run just wrote."""
-
-from __future__ import annotations
+"""Asset checks for the invariants of DESIGN.md, evaluated for the partition a run just wrote, and the
+scheduled freshness check. (No `from __future__ import annotations`: Dagster reads the check functions'
+annotations at definition time.)"""
 
 import warnings
+from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
+from rag_sync_pipeline.defs.resources import LanceDBResource, SourceSecretsResource
 from rag_sync_pipeline.store import LanceStore, schemas
 from rag_sync_pipeline.store.lance import partition_filter
 from rag_sync_pipeline.sync import StageReport
+from rag_sync_pipeline.sync.freshness import health_markdown, partition_health
 
 NO_FAILURES = "no_document_failures"
 WITHIN_TOKEN_WINDOW = "chunks_within_token_window"
 VECTORS_COMPLETE = "every_chunk_has_a_vector"
 NO_ORPHANS = "no_chunks_of_deleted_documents"
 SOURCE_REACHABLE = "source_reachable"
+PARTITIONS_FRESH = "partitions_synced_within_freshness_bound"
 
 
 def specs_for(stage: str, asset_key: dg.AssetKey,
@@ -82,8 +86,8 @@ def build_source_health_check(config, asset_key: dg.AssetKey) -> dg.AssetChecksD
     @dg.asset_check(asset=asset_key, name=SOURCE_REACHABLE,
                     description=f"{config.name} answers with the configured credentials and every configured "
                                 "partition is readable (nothing is synced).")
-    def source_reachable() -> dg.AssetCheckResult:
-        source = source_for(config)
+    def source_reachable(source_secrets: SourceSecretsResource) -> dg.AssetCheckResult:
+        source = source_for(config, source_secrets.values)
         try:
             health = check_source(source)
         finally:
@@ -96,3 +100,34 @@ def build_source_health_check(config, asset_key: dg.AssetKey) -> dg.AssetChecksD
         })
 
     return source_reachable
+
+
+def build_freshness_check(config, asset_key: dg.AssetKey,
+                          partitions: dg.DynamicPartitionsDefinition) -> dg.AssetChecksDefinition:
+    """Red (ERROR) when a partition's last successful sync is older than the source's freshness bound.
+
+    One evaluation covers every partition of the source (a check evaluated outside a partition's run cannot
+    report per partition in Dagster 1.13); the description names each stale partition and its age, and the
+    metadata holds the whole table. The `check_freshness` schedule evaluates it, since staleness is exactly
+    what shows when no run happens."""
+    bound = timedelta(minutes=config.freshness_minutes)
+
+    @dg.asset_check(asset=asset_key, name=PARTITIONS_FRESH,
+                    description=f"Every {config.name} partition synced within the last "
+                                f"{config.freshness_minutes:g} minutes (its freshness bound).")
+    def partitions_fresh(context: dg.AssetCheckExecutionContext, lancedb: LanceDBResource) -> dg.AssetCheckResult:
+        known = context.instance.get_dynamic_partitions(partitions.name)
+        rows = partition_health(lancedb.get_store(), config.name, known, bound, datetime.now(UTC))
+        stale = [row for row in rows if row.stale]
+        description = ("; ".join(row.describe(bound) for row in stale) if stale
+                       else f"all {len(rows)} partitions synced within {bound}")
+        return dg.AssetCheckResult(
+            passed=not stale, severity=dg.AssetCheckSeverity.ERROR,
+            description=description if rows else "no partitions yet",
+            metadata={"stale_partitions": len(stale), "partitions": len(rows),
+                      "freshness_bound_minutes": config.freshness_minutes,
+                      "oldest_sync_age_minutes": round(max((r.age.total_seconds() / 60 for r in rows if r.age),
+                                                           default=0.0), 1),
+                      "sync_health": dg.MetadataValue.md(health_markdown(rows, bound))})
+
+    return partitions_fresh

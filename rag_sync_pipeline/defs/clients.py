@@ -14,7 +14,8 @@ from typing import Any
 from dagster_aws.s3 import S3Resource
 
 from rag_sync_pipeline.settings import ConfigurationError, SourceConfig
-from rag_sync_pipeline.sources import Source, build_source
+from rag_sync_pipeline.sources import SOURCE_TYPES, Source, build_source
+from rag_sync_pipeline.sources.http import check_url_security, insecure_http_allowed
 
 
 def s3_client(config: SourceConfig, environ: Mapping[str, str]) -> Any:
@@ -36,6 +37,9 @@ def s3_client(config: SourceConfig, environ: Mapping[str, str]) -> Any:
             if not environ.get(variable):
                 raise ConfigurationError(f"s3 source {config.name!r}: {option} names {variable}, which is not set")
             secrets[field] = environ[variable]
+    if options.get("endpoint_url"):
+        check_url_security(str(options["endpoint_url"]), allow_insecure_http=insecure_http_allowed(options, environ),
+                           setting=f"s3 source {config.name!r} endpoint_url")
     resource = S3Resource(region_name=options.get("region") or None, endpoint_url=options.get("endpoint_url") or None,
                           profile_name=options.get("profile") or None, **secrets)
     return resource.get_client()
@@ -44,8 +48,25 @@ def s3_client(config: SourceConfig, environ: Mapping[str, str]) -> Any:
 CLIENT_FACTORIES: dict[str, Callable[[SourceConfig, Mapping[str, str]], Any]] = {"s3": s3_client}
 
 
-def source_for(config: SourceConfig) -> Source:
-    """The source for one run or tick, with its client, secrets read from the environment now."""
+def secret_variables(config: SourceConfig) -> list[str]:
+    """The environment variables that hold this source's credentials (the `*_env` options, or their defaults)."""
+    defaults = SOURCE_TYPES[config.type].secret_options
+    names = (str(config.options.get(option) or default) for option, default in defaults.items())
+    return sorted({name for name in names if name})
+
+
+def source_for(config: SourceConfig, secrets: Mapping[str, str] | None = None) -> Source:
+    """The source for one run or tick, with its client.
+
+    `secrets`: the credentials as the source's Dagster resource resolved them (EnvVars, read when the run or
+    tick started); the source then sees no other copy of those variables. Without it (the `rag-sync` commands,
+    which run outside Dagster's resources) they are read from the environment now.
+    """
+    environ: Mapping[str, str] = os.environ
+    if secrets is not None:
+        own = set(secret_variables(config))
+        environ = {name: value for name, value in os.environ.items() if name not in own}
+        environ |= {name: value for name, value in secrets.items() if name in own}
     factory = CLIENT_FACTORIES.get(config.type)
-    client = factory(config, os.environ) if factory else None
-    return build_source(config, client=client)
+    client = factory(config, environ) if factory else None
+    return build_source(config, environ, client=client)

@@ -1,6 +1,8 @@
-"""Resources: where the tables live and which model embeds. Both are plain configuration, no secrets."""
+"""Resources: where the tables live, which model embeds, and each source's credentials (as EnvVars)."""
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 import dagster as dg
 
@@ -13,9 +15,10 @@ class LanceDBResource(dg.ConfigurableResource):
     """The LanceDB database all stages write to (a local folder or an object-store URI)."""
 
     uri: str
+    storage_options: dict[str, str] = {}  # Lance storage options (endpoint, region); credentials come from env
 
     def get_store(self) -> LanceStore:
-        return LanceStore(self.uri)
+        return LanceStore(self.uri, self.storage_options or None)
 
 
 class EmbeddingModelResource(dg.ConfigurableResource):
@@ -25,11 +28,26 @@ class EmbeddingModelResource(dg.ConfigurableResource):
     device: str = "auto"
     batch_size: int = 64
     max_tokens: int | None = None
+    backend: str = "torch"
 
     def get_embedder(self) -> Embedder:
-        return load_embedder(self.model, self.device, self.batch_size)
+        """Cheap: the model itself loads on the first encode (a sync with nothing to embed never loads it)."""
+        return load_embedder(self.model, self.device, self.batch_size, self.backend)
 
     def get_chunker(self) -> MarkdownChunker:
         embedder = self.get_embedder()
         limit = min(self.max_tokens or embedder.max_seq_length, embedder.max_seq_length)
         return MarkdownChunker(embedder.tokenizer, limit)
+
+
+class SourceSecretsResource(dg.ConfigurableResource):
+    """The sources' credentials, each a Dagster EnvVar: Dagster reads the value from the environment when a
+    run or a sensor tick starts, and the UI and run records show the variable's name, never its value."""
+
+    values: dict[str, str] = {}
+
+
+def secrets_resource(variables: list[str], environ: Mapping[str, str]) -> SourceSecretsResource:
+    """EnvVars for the variables that are set; an unset one is left out, so the source reports it missing
+    with its own message (a Confluence site needs an API token or a PAT, not both)."""
+    return SourceSecretsResource(values={name: dg.EnvVar(name) for name in variables if environ.get(name)})

@@ -4,20 +4,24 @@ The marks live with the data (the `partition_state` table), not in the sensor's 
 the tick ends, before the run even starts, so it would lose a failed run's changes. A partition needs a run
 when the source's current mark differs from the mark its raw stage committed, or when the last stage has not
 caught up with the raw stage (a run that died half-way). The run key names the marks and the partition's last
-run, so repeated ticks do not launch the same work twice, and a failed run can be retried.
+run, so repeated ticks do not launch the same work twice, and a failed run can be retried. A partition whose
+last sync is older than half its source's freshness bound gets a run even when unchanged (cheap: nothing is
+fetched), so "last synced" always means "last confirmed current" (see `sync.freshness`).
 """
 
 
 import time
+from datetime import timedelta
 
 import dagster as dg
 from dagster._core.storage.dagster_run import NOT_FINISHED_STATUSES
 
 from rag_sync_pipeline.defs.assets import RECONCILE_TAG
 from rag_sync_pipeline.defs.clients import source_for
-from rag_sync_pipeline.defs.resources import LanceDBResource
+from rag_sync_pipeline.defs.resources import LanceDBResource, SourceSecretsResource
 from rag_sync_pipeline.settings import Settings, SourceConfig
 from rag_sync_pipeline.sources import SourceError
+from rag_sync_pipeline.store.lance import now
 from rag_sync_pipeline.sync.stages import reconciliation_due
 
 RETRY_FAILED_AFTER_SECONDS = 300
@@ -34,13 +38,15 @@ def build_sync_sensor(config: SourceConfig, settings: Settings, job, partitions:
                       source_is_external: bool) -> dg.SensorDefinition:
     running = not source_is_external or settings.external_sync_enabled
     default_status = dg.DefaultSensorStatus.RUNNING if running else dg.DefaultSensorStatus.STOPPED
+    confirm_after = timedelta(minutes=config.freshness_minutes) / 2
 
     @dg.sensor(name=f"{config.name}_sync_sensor", job=job, minimum_interval_seconds=config.sensor_interval_seconds,
                default_status=default_status,
                description=f"Probes each {config.name} partition cheaply and syncs those that changed.")
-    def sync_sensor(context: dg.SensorEvaluationContext, lancedb: LanceDBResource) -> dg.SensorResult:
+    def sync_sensor(context: dg.SensorEvaluationContext, lancedb: LanceDBResource,
+                    source_secrets: SourceSecretsResource) -> dg.SensorResult:
         store = lancedb.get_store()
-        source = source_for(config)
+        source = source_for(config, source_secrets.values)
         try:
             configured = source.partitions()
             known = set(context.instance.get_dynamic_partitions(partitions.name))
@@ -70,14 +76,17 @@ def build_sync_sensor(config: SourceConfig, settings: Settings, job, partitions:
                 # Deletions never show in a "modified since" probe: the strategy's cadence asks on its own.
                 reconcile = (raw and source.deletion_strategy == "weekly_reconciliation"
                              and reconciliation_due(source.deletion_strategy, raw.get("reconciled_at")))
-                if current == committed and indexed == committed and not reconcile:
+                synced_at = state.get("embeddings", {}).get("updated_at")
+                confirm = synced_at is not None and now() - synced_at >= confirm_after
+                if current == committed and indexed == committed and not reconcile and not confirm:
                     reasons.append(f"{partition}: unchanged")
                     continue
                 last_id = last.dagster_run.run_id if last else "none"
                 requests.append(dg.RunRequest(
                     partition_key=partition,
                     run_key=f"{partition}|{committed}|{indexed}|{current}|{last_id}",
-                    tags={"rag_sync/trigger": "sensor", **({RECONCILE_TAG: "true"} if reconcile else {})},
+                    tags={"rag_sync/trigger": "sensor", **({RECONCILE_TAG: "true"} if reconcile else {}),
+                          **({"rag_sync/confirm_fresh": "true"} if confirm else {})},
                 ))
         finally:
             source.close()

@@ -29,7 +29,15 @@ class PartitionError(SourceError):
 
 
 class DocumentError(SourceError):
-    """One document cannot be fetched or converted; the message names the document and the cause."""
+    """One document cannot be fetched or converted; the message names the document and the cause.
+
+    `permanent`: retrying will not help until the document itself changes (gone, unshared, too large, of an
+    unsupported type). Other failures (the service failing past every retry) may heal on their own.
+    """
+
+    def __init__(self, message: str, *, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.permanent = permanent
 
 
 @dataclass(frozen=True)
@@ -75,6 +83,8 @@ class Source(ABC):
     external: ClassVar[bool] = True
     """External sources' sensors run by default only with EXTERNAL_SYNC_ENABLED=true."""
     default_interval_seconds: ClassVar[int] = 300
+    # Options that name the environment variables holding credentials, with the default variable of each.
+    secret_options: ClassVar[dict[str, str]] = {}
 
     def __init__(self, name: str, deletion_strategy: str = "every_sync") -> None:
         if deletion_strategy not in DELETION_STRATEGIES:

@@ -3,18 +3,23 @@
 Clients of Confluence, Notion and the sources after them send every request through `ApiClient.request`, so
 the rules live in one place:
 - 429, 529 and 5xx answers are retried; `Retry-After` (seconds or an HTTP date) and `X-RateLimit-Reset` (an ISO
-  timestamp) are honoured, otherwise exponential backoff with full jitter. A 403 that carries rate-limit
-  headers (Server/Data Center does this) is a rate limit, not a refusal.
+  timestamp) are honoured, otherwise exponential backoff with full jitter. A wait the service asked for
+  pauses the whole client (fetches run on several threads), so the others do not keep hitting the limit.
+  A 403 that carries rate-limit headers (Server/Data Center does this) is a rate limit, not a refusal.
 - Timeouts, connection resets and bodies that are not the JSON they claim to be are retried the same way.
 - 401 and other 403s raise `AuthError` at once, 404 raises `NotFoundError`; other 4xx raise `ApiError`. The
   message carries the service's own explanation (any of the common error shapes) and the URL without its
   query string, never a credential.
 - An optional pace (requests per second) keeps a sync under a service's budget instead of bouncing off it.
+- Redirects are followed only to the configured scheme, host and port; a `Location` anywhere else is refused,
+  so a credential never travels to another host. `check_url_security` refuses plain http to any host but
+  loopback unless the source's `allow_insecure_http` option (or RAG_ALLOW_INSECURE_HTTP) says otherwise.
 """
 
 from __future__ import annotations
 
 import email.utils
+import ipaddress
 import json
 import random
 import threading
@@ -30,6 +35,8 @@ from rag_sync_pipeline.sources.base import SourceError
 
 RETRY_STATUSES = {429, 500, 502, 503, 504, 529}
 RATE_LIMIT_HEADERS = ("retry-after", "x-ratelimit-reset", "x-ratelimit-remaining")
+MAX_REDIRECTS = 5
+DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 class ApiError(SourceError):
@@ -53,6 +60,44 @@ class RetryPolicy:
     backoff_max_seconds: float = 30.0
     max_wait_seconds: float = 300.0
     """A Retry-After longer than this is waited only this long: a sync should slow down, not hang."""
+
+
+class InsecureURLError(SourceError, ValueError):
+    """A URL the configuration must not use: plain http to a remote host, or not http at all."""
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def insecure_http_allowed(options: Mapping[str, Any], environ: Mapping[str, str]) -> bool:
+    """The source's `allow_insecure_http` option, else RAG_ALLOW_INSECURE_HTTP."""
+    value = options.get("allow_insecure_http")
+    if value is None or str(value).strip() == "":
+        value = environ.get("RAG_ALLOW_INSECURE_HTTP", "")
+    return str(value).strip().lower() in {"1", "true", "yes", "on"}
+
+
+def check_url_security(url: str, *, allow_insecure_http: bool, setting: str) -> None:
+    """https anywhere; plain http only to loopback (local simulators, sidecars) or when explicitly allowed."""
+    parsed = httpx.URL(url)
+    if parsed.scheme == "https":
+        return
+    if parsed.scheme != "http" or not parsed.host:
+        raise InsecureURLError(f"{setting}: {url!r} is not an http(s) URL")
+    if not (is_loopback(parsed.host) or allow_insecure_http):
+        raise InsecureURLError(f"{setting}: refusing plain http to {parsed.host}: credentials and documents would "
+                               "travel unencrypted; use https, or set allow_insecure_http: true on the source "
+                               "(RAG_ALLOW_INSECURE_HTTP=true) if the network is trusted")
+
+
+def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
+    return url.scheme, url.host, url.port or DEFAULT_PORTS.get(url.scheme)
 
 
 def build_http_client(base_url: str, *, auth: httpx.Auth | tuple[str, str] | None = None,
@@ -123,19 +168,25 @@ class ApiClient:
         self._sleep = sleep
         self._lock = threading.Lock()
         self._next_slot = 0.0
+        self._paused_until = 0.0
 
     def close(self) -> None:
         self.client.close()
 
     def _pace(self) -> None:
-        if not self.min_interval:
-            return
+        """Wait for this request's slot: the configured rate, and any pause the service asked for."""
         with self._lock:
             now = time.monotonic()
-            wait = self._next_slot - now
-            self._next_slot = max(now, self._next_slot) + self.min_interval
-        if wait > 0:
-            self._sleep(wait)
+            start = max(now, self._next_slot, self._paused_until)
+            if self.min_interval:
+                self._next_slot = start + self.min_interval
+        if start > now:
+            self._sleep(start - now)
+
+    def _pause(self, seconds: float) -> None:
+        """A rate limit throttles the client, not one request: every thread waits before its next call."""
+        with self._lock:
+            self._paused_until = max(self._paused_until, time.monotonic() + seconds)
 
     def _backoff(self, attempt: int) -> float:
         ceiling = min(self.retry.backoff_max_seconds, self.retry.backoff_base_seconds * 2 ** attempt)
@@ -143,6 +194,24 @@ class ApiClient:
 
     def _where(self, request: httpx.Request) -> str:
         return f"{request.method} {request.url.copy_with(query=None)}"
+
+    def _send(self, request: httpx.Request, headers: Mapping[str, str] | None, json_body: Any) -> httpx.Response:
+        """Send, following redirects that stay on the configured origin; any other Location is refused."""
+        origin = _origin(self.client.base_url)
+        for _ in range(MAX_REDIRECTS + 1):
+            response = self.client.send(request)
+            if not response.is_redirect:
+                return response
+            response.close()
+            target = request.url.join(response.headers["location"])
+            if _origin(target) != origin:
+                elsewhere = target.netloc.decode()
+                raise ApiError(f"{self.service}: refusing to follow a redirect to another host ({elsewhere}) "
+                               f"from {self._where(request)}", response.status_code)
+            keep = response.status_code in (307, 308)  # these repeat the method and body; the others GET
+            request = self.client.build_request(request.method if keep else "GET", target, headers=headers,
+                                                json=json_body if keep else None)
+        raise ApiError(f"{self.service}: more than {MAX_REDIRECTS} redirects from {self._where(request)}")
 
     def request(self, method: str, url: str, *, params: Mapping[str, Any] | None = None, json_body: Any = None,
                 headers: Mapping[str, str] | None = None, expect_json: bool = True) -> httpx.Response:
@@ -153,9 +222,10 @@ class ApiClient:
                 self.retries += 1
             self._pace()
             request = self.client.build_request(method, url, params=params, json=json_body, headers=headers)
-            self.calls += 1
+            with self._lock:  # fetches run on several threads
+                self.calls += 1
             try:
-                response = self.client.send(request)
+                response = self._send(request, headers, json_body)
                 if expect_json and response.is_success:
                     response.read()
                     response.json()
@@ -173,7 +243,10 @@ class ApiClient:
             if status in RETRY_STATUSES or rate_limited_403:
                 last_problem = f"{status} {error_detail(response)}"
                 delay = retry_delay(response)
-                self._sleep(min(self.retry.max_wait_seconds, delay if delay is not None else self._backoff(attempt)))
+                if delay is not None:  # the service said how long: every request of this client waits
+                    self._pause(min(self.retry.max_wait_seconds, delay))
+                else:
+                    self._sleep(self._backoff(attempt))
                 continue
             if response.is_success:
                 return response

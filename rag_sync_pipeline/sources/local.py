@@ -85,15 +85,20 @@ class LocalFolderSource(Source):
         return self.list_documents(partition, committed_mark).mark
 
     def fetch(self, partition: str, ref: DocumentRef) -> RawDocument:
-        path = self._partition_dir(partition) / ref.doc_id
+        folder = self._partition_dir(partition)
+        path = Path(os.path.normpath(folder / ref.doc_id))
+        if not path.is_relative_to(folder) or path == folder:  # a made-up id such as ../../etc/passwd
+            raise DocumentError(f"{self.describe(partition, ref.doc_id)}: the id leads outside the partition folder",
+                                permanent=True)
         try:
             stat = path.stat()
             if stat.st_size > self.max_file_bytes:
                 raise DocumentError(f"{self.describe(partition, ref.doc_id)}: {stat.st_size} bytes is over the "
-                                    f"{self.max_file_bytes}-byte limit")
+                                    f"{self.max_file_bytes}-byte limit", permanent=True)
             content = path.read_bytes()
         except FileNotFoundError:
-            raise DocumentError(f"{self.describe(partition, ref.doc_id)}: deleted while syncing") from None
+            raise DocumentError(f"{self.describe(partition, ref.doc_id)}: deleted while syncing",
+                                permanent=True) from None
         except OSError as error:
             raise DocumentError(f"{self.describe(partition, ref.doc_id)}: cannot be read: {error}") from None
         suffix = path.suffix.lower()

@@ -23,6 +23,7 @@ chain; nothing here reads, logs or reports a credential, and errors carry S3's c
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -104,12 +105,15 @@ class S3Source(Source):
                  max_object_bytes: int = DEFAULT_MAX_OBJECT_BYTES) -> None:
         super().__init__(name)
         self.client = client
+        self._count_lock = threading.Lock()  # the raw stage fetches on several threads
         self.buckets = list(dict.fromkeys(buckets))
         self.prefix = prefix.strip("/")
         self.max_object_bytes = max_object_bytes
         self._listed: dict[str, dict[str, ListedObject]] = {}
 
     # -- configuration ------------------------------------------------------------------------------------
+
+    secret_options = {"access_key_id_env": "", "secret_access_key_env": "", "session_token_env": ""}
 
     @classmethod
     def options_from_environment(cls, environ: Mapping[str, str]) -> dict[str, Any] | None:
@@ -190,7 +194,8 @@ class S3Source(Source):
         bucket, prefix = split_partition(partition)
         key = prefix + ref.doc_id
         name = self.describe(partition, ref.doc_id)
-        self.api_calls += 1
+        with self._count_lock:
+            self.api_calls += 1
         try:
             response = self.client.get_object(Bucket=bucket, Key=key)
         except ClientError as error:
@@ -202,7 +207,7 @@ class S3Source(Source):
         try:
             if size > self.max_object_bytes:
                 raise DocumentError(f"{name}: {size} bytes is over the {self.max_object_bytes}-byte limit "
-                                    "(it grew after the listing)")
+                                    "(it grew after the listing)", permanent=True)
             content = body.read()
         except (BotoCoreError, OSError) as error:
             raise DocumentError(f"{name}: reading the object failed: {error}") from None
@@ -210,7 +215,7 @@ class S3Source(Source):
             body.close()
         content_type = content_type_for(key, response.get("ContentType"))
         if content_type is None:  # the listing skips such keys; only a hand-made ref gets here
-            raise DocumentError(f"{name}: unsupported type {response.get('ContentType')!r}")
+            raise DocumentError(f"{name}: unsupported type {response.get('ContentType')!r}", permanent=True)
         listed = self._listed.get(partition, {}).get(ref.doc_id)
         modified = listed.last_modified if listed else _iso(response["LastModified"])
         return RawDocument(
@@ -304,9 +309,9 @@ class S3Source(Source):
         """One object's failure is a DocumentError; a bucket or credentials gone mid-run fail the partition."""
         code, message = _error_code(error)
         if code in MISSING_OBJECT_ERRORS:
-            return DocumentError(f"{name}: deleted while syncing")
+            return DocumentError(f"{name}: deleted while syncing", permanent=True)
         if code == "NoSuchBucket" or code in CREDENTIAL_ERRORS:
             return self._listing_error(bucket, error)
         if code == "InvalidObjectState":
-            return DocumentError(f"{name}: archived; restore it to sync it ({message})")
+            return DocumentError(f"{name}: archived; restore it to sync it ({message})", permanent=True)
         return DocumentError(f"{name}: GetObject failed ({code}: {message})")

@@ -8,6 +8,7 @@ document, never a mix and never none; a batch can carry hundreds of documents fo
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -20,6 +21,7 @@ from rag_sync_pipeline.store import schemas
 
 IDS_PER_FILTER = 500
 PRUNED_RETRIES = 3
+CREATE_RETRIES = 5  # a lost race to create a table: open the winner's
 T = TypeVar("T")
 
 
@@ -55,6 +57,13 @@ class LedgerEntry:
 
 
 class LanceStore:
+    """The tables at `uri`: a folder, or an object store (s3://, gs://, az://) with Lance `storage_options`.
+
+    On an object store every commit is a conditional PUT of the next manifest (If-None-Match: *): of two
+    writers committing at once, one gets 412 and LanceDB retries its commit on the newer version, so runs of
+    different partitions can write the shared tables at the same time.
+    """
+
     def __init__(self, uri: str, storage_options: dict[str, str] | None = None) -> None:
         self.uri = uri
         # Always read the latest committed version: sensors and runs in other processes write these tables.
@@ -73,11 +82,29 @@ class LanceStore:
         except (FileNotFoundError, ValueError):
             if schema is None:
                 return None
-            table = self.db.create_table(name, schema=schema, exist_ok=True)
+            table = self._create(name, schema)
         if schema is not None:
             self._add_missing_columns(table, schema)
         self._tables[name] = table
         return table
+
+    def _create(self, name: str, schema: pa.Schema):
+        """Create the table; if another process creates it at the same moment, open theirs.
+
+        On an object store two first writers race to commit version 1: the loser's create fails (even with
+        exist_ok, which only checks before committing), and the table it lost to is the one to use.
+        """
+        for attempt in range(CREATE_RETRIES + 1):
+            try:
+                return self.db.create_table(name, schema=schema, exist_ok=True)
+            except (RuntimeError, OSError, ValueError):
+                time.sleep(0.2 * (attempt + 1))
+                try:
+                    return self.db.open_table(name)
+                except (FileNotFoundError, ValueError):
+                    if attempt == CREATE_RETRIES:
+                        raise
+        raise AssertionError("unreachable")
 
     @staticmethod
     def _add_missing_columns(table, schema: pa.Schema) -> None:
@@ -215,18 +242,43 @@ class LanceStore:
 
     # -- search ---------------------------------------------------------------------------------------
 
+    SEARCH_COLUMNS = ["id", "text", "doc_id", "source", "partition", "title", "url", "heading_path", "path"]
+
+    @staticmethod
+    def _scoped(query, source: str | None, partition: str | None):
+        if source:
+            return query.where(partition_filter(source, partition), prefilter=True)
+        if partition:
+            return query.where(f"partition = {quote(partition)}", prefilter=True)
+        return query
+
     def search(self, vector: Sequence[float], k: int = 5, source: str | None = None,
                partition: str | None = None) -> list[dict[str, Any]]:
         table = self.table(schemas.EMBEDDINGS_TABLE)
         if table is None:
             return []
-        query = table.search(list(vector)).distance_type("cosine").limit(k)
-        if source:
-            query = query.where(partition_filter(source, partition), prefilter=True)
-        elif partition:
-            query = query.where(f"partition = {quote(partition)}", prefilter=True)
-        columns = ["id", "text", "doc_id", "source", "partition", "title", "url", "heading_path", "path", "_distance"]
-        rows = query.select(columns).to_arrow().to_pylist()
+        query = self._scoped(table.search(list(vector)).distance_type("cosine").limit(k), source, partition)
+        rows = query.select([*self.SEARCH_COLUMNS, "_distance"]).to_arrow().to_pylist()
         for row in rows:
             row["score"] = 1.0 - float(row.pop("_distance"))
         return rows
+
+    def hybrid_search(self, vector: Sequence[float], text: str, k: int = 5, source: str | None = None,
+                      partition: str | None = None) -> list[dict[str, Any]]:
+        """Vector and full-text search fused by reciprocal rank (needs the full-text index that maintenance
+        builds on `text`); `score` is the fused relevance."""
+        table = self.table(schemas.EMBEDDINGS_TABLE)
+        if table is None:
+            return []
+        query = table.search(query_type="hybrid").vector(list(vector)).text(text).distance_type("cosine").limit(k)
+        rows = self._scoped(query, source, partition).select(self.SEARCH_COLUMNS).to_arrow().to_pylist()
+        for row in rows:
+            row["score"] = float(row.pop("_relevance_score"))
+            row.pop("_distance", None)
+            row.pop("_score", None)
+        return rows
+
+
+def open_store(settings) -> LanceStore:
+    """The store the settings name (`RAG_LANCEDB_URI`, `RAG_LANCEDB_STORAGE_OPTIONS`)."""
+    return LanceStore(settings.lancedb_uri, dict(settings.lancedb_storage_options) or None)

@@ -12,8 +12,10 @@ sensor compares with the source.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import PurePosixPath
@@ -30,6 +32,10 @@ from rag_sync_pipeline.transform.embedding import Embedder
 from rag_sync_pipeline.transform.markdown import ConversionError, to_markdown
 
 STAGES = ("raw_documents", "markdown", "chunks", "embeddings")
+DEFAULT_MAX_MARKDOWN_BYTES = 5_000_000
+"""About 1.2 million tokens: minutes of chunking and embedding for one document. Bigger is data, not prose."""
+MAX_TITLE_CHARS = 500
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
 CHUNKER_VERSION = "sections-v1"
 RECONCILE_EVERY = timedelta(days=7)
 
@@ -44,6 +50,8 @@ class StageRun:
     run_id: str = ""
     full_refresh: bool = False
     documents_per_commit: int = 200
+    max_markdown_bytes: int = DEFAULT_MAX_MARKDOWN_BYTES
+    fetch_concurrency: int = 8  # raw documents fetched at once (the source's client paces and bounds requests)
     log: Callable[[str], None] = field(default=print)
 
 
@@ -126,6 +134,20 @@ def _document_fields(run: StageRun, doc_id: str, row: dict[str, Any]) -> dict[st
 
 # -- raw_documents: the source's documents, fetched only when their version token moved ----------------
 
+def partition_is_current(store: LanceStore, source: Source, source_name: str, partition: str) -> bool:
+    """The sensor's test, for callers outside Dagster: every stage has indexed the mark the source's cheap
+    probe still answers, and no complete listing (for deletions) is due. A sync would change nothing."""
+    state = store.read_partition_state(source_name, partition)
+    raw = state.get("raw_documents")
+    committed = raw.get("mark") if raw else None
+    if committed is None or state.get("embeddings", {}).get("mark") != committed:
+        return False
+    if source.deletion_strategy == "weekly_reconciliation" and reconciliation_due(source.deletion_strategy,
+                                                                                   raw.get("reconciled_at")):
+        return False
+    return source.probe(partition, committed) == committed
+
+
 def reconciliation_due(strategy: str, reconciled_at: datetime | None, at: datetime | None = None) -> bool:
     """Whether a complete listing (the only way to see deletions in an incremental API) is due."""
     if strategy == "every_sync" or reconciled_at is None:
@@ -153,13 +175,25 @@ def sync_raw(run: StageRun, source: Source, *, reconcile: bool = False) -> Stage
     report.skipped = dict(listing.skipped)
     report.documents_skipped = sum(listing.skipped.values())
 
+    transient_failures: list[str] = []
+
+    def fetch_one(doc_id: str) -> tuple[str, Any]:
+        try:
+            return doc_id, source.fetch(run.partition, refs[doc_id])
+        except DocumentError as error:
+            return doc_id, error
+
     def fetch(batch: list[str]) -> BatchOutput:
+        # Fetching waits on the network, so several documents are fetched at once; a PartitionError still
+        # stops the run (it is re-raised when its result is read), a DocumentError fails only its document.
         output = BatchOutput()
-        for doc_id in batch:
-            try:
-                document = source.fetch(run.partition, refs[doc_id])
-            except DocumentError as error:
-                output.failures[doc_id] = str(error)
+        with ThreadPoolExecutor(max_workers=max(1, run.fetch_concurrency)) as pool:
+            results = list(pool.map(fetch_one, batch))
+        for doc_id, document in results:
+            if isinstance(document, DocumentError):
+                output.failures[doc_id] = str(document)
+                if not document.permanent:
+                    transient_failures.append(doc_id)
                 continue
             path = " / ".join(document.path)
             metadata_json = canonical_json(document.metadata)
@@ -180,11 +214,38 @@ def sync_raw(run: StageRun, source: Source, *, reconcile: bool = False) -> Stage
     _reconcile(run, "raw_documents", schemas.RAW_TABLE, schemas.RAW_SCHEMA, "key", upstream, listing.complete,
                fetch, report, retry_failures=True)
     report.api_calls = source.api_calls - calls_before
-    return _finish(run, "raw_documents", schemas.RAW_TABLE, listing.mark, report, started,
+    mark = listing.mark
+    if transient_failures:
+        # A failed document's change is not indexed, and an incremental listing from the new mark would not
+        # name it again: keep the committed mark, so the sensor asks again and the next listing covers it.
+        # Permanent failures (gone, unshared, too large) let the mark move: holding it would request a run
+        # on every tick for a document that cannot change until someone edits it, which moves its version.
+        mark = committed["mark"] if committed else None
+    return _finish(run, "raw_documents", schemas.RAW_TABLE, mark, report, started,
                    now() if listing.complete else reconciled_at)
 
 
 # -- markdown: every format to Markdown ------------------------------------------------------------------
+
+def clean_title(title: str) -> str:
+    """A title fit to show and cite: control characters (NUL, escape sequences, newlines) become spaces."""
+    return " ".join(CONTROL_CHARACTERS.sub(" ", title).split())[:MAX_TITLE_CHARS]
+
+
+def _markdown_of(run: StageRun, row: dict[str, Any]) -> tuple[str, str]:
+    """(markdown, title found in it), or ConversionError naming the cause."""
+    try:
+        markdown, found_title = to_markdown(row["content"], row["content_type"])
+    except ConversionError:
+        raise
+    except Exception as error:  # noqa: BLE001 - a converter bug on one odd document must not fail the run
+        raise ConversionError(f"conversion failed: {type(error).__name__}: {error}") from None
+    size = len(markdown.encode("utf-8"))
+    if size > run.max_markdown_bytes:
+        raise ConversionError(f"{size} bytes of Markdown is over the {run.max_markdown_bytes}-byte limit "
+                              "(RAG_MAX_MARKDOWN_BYTES); split the document or raise the limit")
+    return markdown, found_title
+
 
 def sync_markdown(run: StageRun) -> StageReport:
     started, report = time.monotonic(), StageReport("markdown")
@@ -195,11 +256,11 @@ def sync_markdown(run: StageRun) -> StageReport:
         for row in run.store.read_documents(schemas.RAW_TABLE, run.source, run.partition, batch):
             doc_id = row["doc_id"]
             try:
-                markdown, found_title = to_markdown(row["content"], row["content_type"])
+                markdown, found_title = _markdown_of(run, row)
             except ConversionError as error:
                 output.failures[doc_id] = f"{run.source} document {doc_id!r} in {run.partition}: {error}"
                 continue
-            title = row["title"] or found_title or PurePosixPath(doc_id).stem
+            title = clean_title(row["title"] or "") or clean_title(found_title) or PurePosixPath(doc_id).stem
             fields = {**_document_fields(run, doc_id, row), "title": title}
             doc_hash = sha256_hex(markdown, title, row["url"] or "", row["path"] or "", row["metadata_json"] or "")
             output.doc_hashes[doc_id] = doc_hash
@@ -234,7 +295,13 @@ def sync_chunks(run: StageRun, chunker: MarkdownChunker, chunker_id: str) -> Sta
             doc_id = row["doc_id"]
             fields = _document_fields(run, doc_id, row)
             occurrences: dict[str, int] = {}
-            for index, chunk in enumerate(chunker.chunk(row["markdown"])):
+            try:
+                chunks = chunker.chunk(row["markdown"])
+            except Exception as error:  # noqa: BLE001 - one document the splitter cannot handle fails alone
+                output.failures[doc_id] = (f"{run.source} document {doc_id!r} in {run.partition}: chunking failed: "
+                                           f"{type(error).__name__}: {error}")
+                continue
+            for index, chunk in enumerate(chunks):
                 text_hash = sha256_hex(chunk.text)
                 occurrence = occurrences.get(text_hash, 0)
                 occurrences[text_hash] = occurrence + 1

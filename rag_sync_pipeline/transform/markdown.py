@@ -7,6 +7,7 @@ PDF, DOCX, JSON and CSV are handled by `transform.documents`, which `to_markdown
 
 from __future__ import annotations
 
+import codecs
 import re
 
 from bs4 import BeautifulSoup
@@ -19,20 +20,37 @@ MARKDOWN_TYPES = {"text/markdown", "text/x-markdown"}
 TEXT_TYPES = {"text/plain"}
 CONFLUENCE_STORAGE_TYPE = "application/vnd.atlassian.confluence.storage+xml"
 LANGUAGE_CLASS = re.compile(r"^(?:language|lang|highlight-source|brush:?)-?(.+)$")
+CHARSET = re.compile(r"charset\s*=\s*[\"']?([\w.:-]+)", re.IGNORECASE)
+BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF8, "utf-8-sig"),
+        (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
+MAX_INDENT_COLUMNS = 400
+"""Deeper indentation than this (about 100 levels of nested lists) is refused: the chunker's Markdown
+splitter takes quadratic time on such nesting (1,000 levels: minutes), and no real document nests so deep."""
 
 
 class ConversionError(ValueError):
     """The content cannot be turned into Markdown; the message says why."""
 
 
-def decode_text(content: bytes) -> str:
-    """UTF-8 (with or without BOM); a NUL byte means binary content behind a text content type."""
-    if b"\x00" in content[:8192]:
-        raise ConversionError("binary content (NUL bytes) where text was expected")
+def decode_text(content: bytes, content_type: str = "") -> str:
+    """Text in the encoding its byte-order mark or the content type's `charset=` names, else UTF-8.
+
+    A NUL byte in text that is not UTF-16/32 means binary content behind a text content type."""
+    encoding = next((name for bom, name in BOMS if content.startswith(bom)), None)
+    if encoding is None:
+        match = CHARSET.search(content_type)
+        encoding = match.group(1).lower() if match else "utf-8"
+        if encoding in ("utf-8", "utf8"):
+            encoding = "utf-8-sig"
+        if b"\x00" in content and not encoding.startswith(("utf-16", "utf-32", "utf16", "utf32")):
+            raise ConversionError("binary content (NUL bytes) where text was expected")
     try:
-        return content.decode("utf-8-sig")
+        return content.decode(encoding)
+    except LookupError:
+        raise ConversionError(f"unknown charset {encoding!r} in content type {content_type!r}") from None
     except UnicodeDecodeError as error:
-        raise ConversionError(f"invalid UTF-8 at byte {error.start}") from None
+        name = "UTF-8" if encoding == "utf-8-sig" else encoding
+        raise ConversionError(f"invalid {name} at byte {error.start}") from None
 
 
 def _code_language(element) -> str:
@@ -94,18 +112,44 @@ def first_heading(markdown: str) -> str:
     return ""
 
 
+def check_nesting(markdown: str) -> None:
+    """Refuse Markdown nested deeper than MAX_INDENT_COLUMNS (code blocks aside), before it reaches the chunker."""
+    fence = ""
+    for number, line in enumerate(markdown.split("\n"), 1):
+        stripped = line.lstrip()
+        if stripped[:3] in ("```", "~~~") and (not fence or stripped[:3] == fence):
+            fence = "" if fence else stripped[:3]
+        elif not fence and len(line) - len(stripped) > MAX_INDENT_COLUMNS:
+            raise ConversionError(f"nested too deeply: line {number} is indented {len(line) - len(stripped)} "
+                                  f"columns (the limit is {MAX_INDENT_COLUMNS}, about 100 levels of lists)")
+
+
 def to_markdown(content: bytes, content_type: str) -> tuple[str, str]:
-    """Convert a document's bytes to (markdown, title found in the content)."""
+    """Convert a document's bytes to (markdown, title found in the content).
+
+    Every failure is a ConversionError naming the cause; content with no text at all is one too."""
+    try:
+        markdown, title = _convert(content, content_type)
+    except RecursionError:  # bs4 and markdownify recurse once per nested element
+        raise ConversionError("nested too deeply to convert (elements inside elements beyond Python's "
+                              "recursion limit)") from None
+    if not markdown.strip():
+        raise ConversionError("empty document: no text after conversion")
+    check_nesting(markdown)
+    return markdown, title
+
+
+def _convert(content: bytes, content_type: str) -> tuple[str, str]:
     media_type = content_type.split(";")[0].strip().lower()
     if media_type in HTML_TYPES:
-        markdown, title = html_to_markdown(decode_text(content))
+        markdown, title = html_to_markdown(decode_text(content, content_type))
         return markdown, title or first_heading(markdown)
     if media_type == CONFLUENCE_STORAGE_TYPE:
         from rag_sync_pipeline.transform.confluence_storage import storage_to_markdown
 
-        return storage_to_markdown(decode_text(content)), ""
+        return storage_to_markdown(decode_text(content, content_type)), ""
     if media_type in MARKDOWN_TYPES or media_type in TEXT_TYPES:
-        markdown = normalize_markdown(decode_text(content))
+        markdown = normalize_markdown(decode_text(content, content_type))
         return markdown, first_heading(markdown) if media_type in MARKDOWN_TYPES else ""
     if media_type == NOTION_BLOCKS_TYPE:
         try:
@@ -120,8 +164,8 @@ def to_markdown(content: bytes, content_type: str) -> tuple[str, str]:
     if media_type == documents.DOCX_TYPE:
         return documents.docx_to_markdown(content)
     if media_type in documents.JSON_TYPES:
-        return documents.json_to_markdown(decode_text(content))
+        return documents.json_to_markdown(decode_text(content, content_type))
     if media_type in documents.CSV_TYPES or media_type in documents.TSV_TYPES:
         delimiter = "\t" if media_type in documents.TSV_TYPES else None
-        return documents.csv_to_markdown(decode_text(content), delimiter)
+        return documents.csv_to_markdown(decode_text(content, content_type), delimiter)
     raise ConversionError(f"unsupported content type {content_type!r}")

@@ -20,7 +20,10 @@ from __future__ import annotations
 import base64
 import json
 import re
+import socket
+import struct
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -61,10 +64,20 @@ class FakeAttachment:
 
 @dataclass
 class Fault:
-    status: int
-    body: dict
+    """One injected answer for the next request whose path (with its query) contains `path_contains`.
+
+    `action`: "answer" sends `status`, `body` and `headers`; "reset" drops the connection without an answer
+    (a TCP reset); "truncate" sends the real answer cut in half, with a Content-Length that matches the cut
+    (so only the JSON is broken); "hang" waits `seconds` before the real answer (a client timeout).
+    `skip`: that many matching requests are served normally first (a failure on page 7 of a listing)."""
+
+    status: int = 200
+    body: dict = field(default_factory=dict)
     headers: dict[str, str] = field(default_factory=dict)
     path_contains: str = ""
+    action: str = "answer"
+    skip: int = 0
+    seconds: float = 0.0
 
 
 def _iso(moment: datetime) -> str:
@@ -73,7 +86,7 @@ def _iso(moment: datetime) -> str:
 
 class ConfluenceSimulator:
     def __init__(self, *, cloud: bool = True, username: str = "bot@example.com", token: str = "tok-secret-123",
-                 time_zone: str = "Australia/Sydney", next_link_style: str = "both") -> None:
+                 time_zone: str = "Australia/Sydney", next_link_style: str = "both", latency: float = 0.0) -> None:
         self.cloud = cloud
         self.username, self.token = username, token
         self.time_zone = time_zone
@@ -88,6 +101,8 @@ class ConfluenceSimulator:
         self.missing_pages: set[str] = set()
         """Pages that still list but answer 404 when fetched."""
         self.url = ""
+        self.latency = latency
+        """Seconds each request takes before it is answered (requests overlap while they wait)."""
         self._lock = threading.Lock()
         self._next_id = 100000
 
@@ -276,16 +291,23 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, *args) -> None:
         pass
 
+    truncate = False
+
     def _send(self, status: int, body: object, headers: dict[str, str] | None = None, raw: bytes | None = None,
               content_type: str = "application/json") -> None:
         data = raw if raw is not None else json.dumps(body).encode()
+        if self.truncate:
+            data = data[:len(data) // 2]
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
         for name, value in (headers or {}).items():
             self.send_header(name, value)
         self.end_headers()
-        self.wfile.write(data)
+        try:
+            self.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client gave up waiting (an injected "hang")
 
     def _authorized(self) -> bool:
         header = self.headers.get("Authorization", "")
@@ -297,6 +319,11 @@ class _Handler(BaseHTTPRequestHandler):
         return header == expected
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        if self.sim.latency:
+            time.sleep(self.sim.latency)  # outside the lock: a slow site still serves requests side by side
+        self._answer_get()
+
+    def _answer_get(self) -> None:
         sim = self.sim
         parts = urlsplit(self.path)
         query = {k: v for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
@@ -304,10 +331,23 @@ class _Handler(BaseHTTPRequestHandler):
         path = parts.path
         with sim._lock:
             sim.requests.append(self.path)
-            fault = next((f for f in sim.faults if f.path_contains in path), None)
+            fault = next((f for f in sim.faults if f.path_contains in self.path), None)  # query included
+            if fault is not None and fault.skip:
+                fault.skip -= 1
+                fault = None
             if fault is not None:
                 sim.faults.remove(fault)
                 sim.calls["fault"] += 1
+        if fault is not None and fault.action == "reset":
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.close_connection = True
+            self.connection.close()
+            return None
+        if fault is not None and fault.action == "hang":
+            time.sleep(fault.seconds)
+        self.truncate = fault is not None and fault.action == "truncate"
+        with sim._lock:
+            if fault is not None and fault.action == "answer":
                 return self._send(fault.status, fault.body, fault.headers)
             if not self._authorized():
                 sim.calls["unauthorized"] += 1

@@ -18,7 +18,9 @@ import copy
 import functools
 import json
 import socket
+import struct
 import threading
+import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -114,11 +116,20 @@ def sample_page_tree() -> list[dict[str, Any]]:
 
 @dataclass
 class Fault:
-    status: int
+    status: int = 503
     retry_after: str | None = None
     route: str | None = None
     """Only requests of this route ("POST /v1/data_sources/{id}/query"), or any when None."""
+    object_id: str | None = None
+    """Only requests for this object (the `{id}` in the route), or any when None."""
     times: int = 1
+    action: str = "answer"
+    """"answer" sends `status` with Notion's error shape; "reset" drops the connection unanswered (a TCP
+    reset); "truncate" sends the real answer cut in half, with a Content-Length that matches the cut (only
+    the JSON is broken); "hang" waits `seconds` before the real answer (a client timeout)."""
+    skip: int = 0
+    """That many matching requests are served normally first."""
+    seconds: float = 0.0
 
 
 def _error(status: int, code: str, message: str) -> dict[str, Any]:
@@ -241,12 +252,24 @@ class NotionSimulator:
 
     # -- the HTTP side -------------------------------------------------------------------------------------
 
-    def _take_fault(self, route: str) -> Fault | None:
+    def _take_fault(self, route: str, object_id: str | None, transport: bool = False) -> Fault | None:
         for fault in self.faults:
-            if fault.times > 0 and (fault.route is None or fault.route == route):
+            if (fault.times > 0 and (fault.route is None or fault.route == route)
+                    and (fault.object_id is None or fault.object_id == object_id)
+                    and (fault.action != "answer") == transport):
+                if fault.skip:
+                    fault.skip -= 1
+                    return None
                 fault.times -= 1
+                self.calls["fault"] += 1
                 return fault
         return None
+
+    def take_transport_fault(self, method: str, target: str) -> Fault | None:
+        """A reset, truncation or hang due for this request; answers with a status are `handle`'s."""
+        route, object_id = self._route(method, [s for s in urlsplit(target).path.split("/") if s])
+        with self.lock:
+            return self._take_fault(route, object_id, transport=True)
 
     def handle(self, method: str, target: str, headers: dict[str, str], body: Any
                ) -> tuple[int, dict[str, Any], dict[str, str]]:
@@ -259,11 +282,12 @@ class NotionSimulator:
             if object_id:
                 self.calls_by_id[(route, object_id)] += 1
             self.request_log.append((method, target, body))
-            fault = self._take_fault(route)
+            fault = self._take_fault(route, object_id)
         if fault:
-            code = "rate_limited" if fault.status == 429 else "service_overload"
-            message = ("You have been rate limited. Please try again in a few minutes." if fault.status == 429
-                       else "Notion is overloaded, please try again later.")
+            code, message = {
+                429: ("rate_limited", "You have been rate limited. Please try again in a few minutes."),
+                401: ("unauthorized", "API token is invalid."),
+            }.get(fault.status, ("service_overload", "Notion is overloaded, please try again later."))
             extra = {"Retry-After": fault.retry_after} if fault.retry_after is not None else {}
             return fault.status, _error(fault.status, code, message), extra
         if headers.get("authorization") != f"Bearer {self.token}":
@@ -411,15 +435,28 @@ def notion_simulator(simulator: NotionSimulator | None = None) -> Iterator[Notio
             except ValueError:
                 body = None
             headers = {k.lower(): v for k, v in self.headers.items()}
+            fault = simulator.take_transport_fault(self.command, self.path)
+            if fault is not None and fault.action == "reset":
+                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                self.close_connection = True
+                self.connection.close()
+                return
+            if fault is not None and fault.action == "hang":
+                time.sleep(fault.seconds)
             status, payload, extra = simulator.handle(self.command, self.path, headers, body)
             data = json.dumps(payload).encode()
+            if fault is not None and fault.action == "truncate":
+                data = data[:len(data) // 2]
             self.send_response(status)
             self.send_header("content-type", "application/json; charset=utf-8")
             self.send_header("content-length", str(len(data)))
             for name, value in extra.items():
                 self.send_header(name, value)
             self.end_headers()
-            self.wfile.write(data)
+            try:
+                self.wfile.write(data)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the client gave up waiting (an injected "hang")
 
         do_GET = do_POST = do_PATCH = do_DELETE = _serve
 

@@ -38,7 +38,16 @@ import httpx
 
 from rag_sync_pipeline.sources.base import DocumentError, DocumentRef, Listing, PartitionError, RawDocument, Source
 from rag_sync_pipeline.sources.confluence.client import ConfluenceClient, PageInfo, Space, detect_cloud
-from rag_sync_pipeline.sources.http import ApiClient, ApiError, AuthError, NotFoundError, RetryPolicy, build_http_client
+from rag_sync_pipeline.sources.http import (
+    ApiClient,
+    ApiError,
+    AuthError,
+    NotFoundError,
+    RetryPolicy,
+    build_http_client,
+    check_url_security,
+    insecure_http_allowed,
+)
 from rag_sync_pipeline.transform.confluence_storage import STORAGE_CONTENT_TYPE, extract_references
 
 MARK_PREFIX = "cql1"
@@ -122,6 +131,8 @@ class ConfluenceSource(Source):
 
     # -- configuration -----------------------------------------------------------------------------------
 
+    secret_options = {"api_token_env": "CONFLUENCE_API_TOKEN", "pat_env": "CONFLUENCE_PAT"}
+
     @classmethod
     def options_from_environment(cls, environ: Mapping[str, str]) -> dict[str, Any] | None:
         url = environ.get("CONFLUENCE_URL", "").strip()
@@ -142,7 +153,7 @@ class ConfluenceSource(Source):
             "requests_per_second": "CONFLUENCE_REQUESTS_PER_SECOND",
             "max_concurrent_requests": "CONFLUENCE_MAX_CONCURRENT_REQUESTS",
             "retry_backoff_seconds": "CONFLUENCE_RETRY_BACKOFF_SECONDS", "max_retries": "CONFLUENCE_MAX_RETRIES",
-            "overlap_minutes": "CONFLUENCE_OVERLAP_MINUTES",
+            "overlap_minutes": "CONFLUENCE_OVERLAP_MINUTES", "allow_insecure_http": "CONFLUENCE_ALLOW_INSECURE_HTTP",
         }
         for option, variable in optional.items():
             value = environ.get(variable, "").strip()
@@ -156,6 +167,8 @@ class ConfluenceSource(Source):
         url = str(options.get("url") or "").strip()
         if not url:
             raise PartitionError(f"confluence source {name!r}: no url configured (CONFLUENCE_URL)")
+        check_url_security(url, allow_insecure_http=insecure_http_allowed(options, environ),
+                           setting=f"confluence source {name!r} url")
         username = str(options.get("username") or "").strip()
         token_env = str(options.get("api_token_env") or "CONFLUENCE_API_TOKEN")
         pat_env = str(options.get("pat_env") or "CONFLUENCE_PAT")
@@ -409,7 +422,7 @@ class ConfluenceSource(Source):
                                  f"{problem} while fetching {self.describe(partition, ref.doc_id)}: {error}") from None
         except NotFoundError as error:
             raise DocumentError(f"{self.describe(partition, ref.doc_id)}: 404 not found (deleted, or not readable "
-                                f"with {self.credential}): {error}") from None
+                                f"with {self.credential}): {error}", permanent=True) from None
         except ApiError as error:
             raise DocumentError(f"{self.describe(partition, ref.doc_id)}: {error}") from None
 
@@ -441,11 +454,11 @@ class ConfluenceSource(Source):
         details = info if info.download else client.attachment(info.id)
         if details.file_size is not None and details.file_size > self.attachment_max_bytes:
             raise DocumentError(f"{self.describe(partition, ref.doc_id)}: {details.file_size} bytes is over the "
-                                f"{self.attachment_max_bytes}-byte attachment limit")
+                                f"{self.attachment_max_bytes}-byte attachment limit", permanent=True)
         content = client.get_bytes(details.download)
         if len(content) > self.attachment_max_bytes:
             raise DocumentError(f"{self.describe(partition, ref.doc_id)}: {len(content)} bytes is over the "
-                                f"{self.attachment_max_bytes}-byte attachment limit")
+                                f"{self.attachment_max_bytes}-byte attachment limit", permanent=True)
         page = self._infos.get((partition, details.container_id or ""))
         page_path = [*(page.ancestors or []), page.title] if page else []
         url = self.site + client.context + details.download.split("?")[0] if details.download else ""

@@ -41,7 +41,13 @@ from rag_sync_pipeline.sources.base import (
     RawDocument,
     Source,
 )
-from rag_sync_pipeline.sources.http import ApiError, AuthError, NotFoundError
+from rag_sync_pipeline.sources.http import (
+    ApiError,
+    AuthError,
+    NotFoundError,
+    check_url_security,
+    insecure_http_allowed,
+)
 from rag_sync_pipeline.sources.notion.client import DEFAULT_BASE_URL, NotionClient, build_notion_client, dashed_id
 from rag_sync_pipeline.transform.notion_blocks import NOTION_BLOCKS_TYPE, notion_url, plain_text
 
@@ -134,6 +140,8 @@ class NotionSource(Source):
     def api_calls(self, value: int) -> None:
         """The base class initialises a counter of its own; the client's is the one that counts."""
 
+    secret_options = {"api_key_env": "NOTION_API_KEY"}
+
     @classmethod
     def options_from_environment(cls, environ: Mapping[str, str]) -> dict[str, Any] | None:
         from rag_sync_pipeline.settings import ConfigurationError
@@ -173,6 +181,9 @@ class NotionSource(Source):
     def from_options(cls, name: str, options: Mapping[str, Any], environ: Mapping[str, str],
                      client: Any = None) -> NotionSource:
         if client is None:
+            check_url_security(str(options.get("base_url") or DEFAULT_BASE_URL),
+                               allow_insecure_http=insecure_http_allowed(options, environ),
+                               setting=f"notion source {name!r} base_url")
             key_env = str(options.get("api_key_env") or "NOTION_API_KEY")
             api_key = environ.get(key_env, "").strip()
             if not api_key:
@@ -371,9 +382,10 @@ class NotionSource(Source):
             properties = self._properties(page) if page.row else {}
         except NotFoundError as error:
             raise DocumentError(f"{where}: not shared with the integration or deleted; share the page with the "
-                                f"integration in Notion ({error})") from None
-        except AuthError as error:
-            raise PartitionError(f"notion source {self.name!r}: {error}") from None
+                                f"integration in Notion ({error})", permanent=True) from None
+        except AuthError as error:  # the key was revoked or expired mid-run: nothing more can be read
+            raise PartitionError(f"notion source {self.name!r}, database {partition}, while fetching {where}: "
+                                 f"{error}") from None
         except ApiError as error:
             raise DocumentError(f"{where}: {error}") from None
         finally:
