@@ -93,13 +93,6 @@ def sync(source_name: str | None, partition: str | None, full_refresh: bool, rec
 
     One run per partition at a time, as for runs launched by Dagster: a partition with a run in flight is
     synced once that run has finished (see `rag_sync_pipeline.defs.exclusive`)."""
-    from rag_sync_pipeline.definitions import build_definitions
-    from rag_sync_pipeline.defs.assets import FULL_REFRESH_TAG, RECONCILE_TAG, partitions_def_for
-    from rag_sync_pipeline.defs.clients import source_for
-    from rag_sync_pipeline.defs.exclusive import PartitionBusy, wait_until_idle
-    from rag_sync_pipeline.defs.jobs import sync_job_name
-    from rag_sync_pipeline.sources import SourceError
-
     try:
         settings = load_settings()
         configs = [settings.source(source_name)] if source_name else list(settings.sources)
@@ -107,6 +100,20 @@ def sync(source_name: str | None, partition: str | None, full_refresh: bool, rec
         _fail(str(error))
     if partition and not source_name and len(configs) > 1:
         _fail("--partition needs --source when several sources are configured")
+    checked = None
+    if partition and not (full_refresh or reconcile):
+        # Before Dagster is even imported: the common case, nothing changed, answers in about two seconds.
+        checked, current = _unchanged(settings, configs[0], partition)
+        if current:
+            _print_unchanged(settings, configs[0].name, checked, as_json)
+            sys.exit(0)
+    from rag_sync_pipeline.definitions import build_definitions
+    from rag_sync_pipeline.defs.assets import FULL_REFRESH_TAG, RECONCILE_TAG, partitions_def_for
+    from rag_sync_pipeline.defs.clients import source_for
+    from rag_sync_pipeline.defs.exclusive import PartitionBusy, wait_until_idle
+    from rag_sync_pipeline.defs.jobs import sync_job_name
+    from rag_sync_pipeline.sources import SourceError
+
     definitions = build_definitions(settings)
     instance = _instance()
     summaries = []
@@ -138,7 +145,7 @@ def sync(source_name: str | None, partition: str | None, full_refresh: bool, rec
                 summaries.append({**summarize(config.name, target, "", False, {}), "error": str(error)})
                 click.echo(f"{config.name}/{target}: SKIPPED: {error}", err=True)
                 continue
-            if not (full_refresh or reconcile) and _unchanged(settings, config, target):
+            if target != checked and not (full_refresh or reconcile) and _unchanged(settings, config, target)[1]:
                 summaries.append(_unchanged_summary(settings, config.name, target))
                 if not as_json:
                     click.echo(f"{config.name}/{target}: unchanged since the last sync; no run started")
@@ -157,24 +164,34 @@ def sync(source_name: str | None, partition: str | None, full_refresh: bool, rec
     sys.exit(0 if all(s["success"] for s in summaries) else 1)
 
 
-def _unchanged(settings, config, partition: str) -> bool:
-    """Whether the source's cheap probe says nothing changed since every stage indexed the partition: then
-    no run is needed, and none is started (starting a Dagster run and loading the model cost seconds)."""
+def _unchanged(settings, config, partition: str) -> tuple[str | None, bool]:
+    """(the partition's name as the source spells it, whether the source's cheap probe says nothing changed
+    since every stage indexed it): then no run is needed, and none is started (starting a Dagster run and
+    loading the model cost seconds). Any error is left for the run to report."""
     from rag_sync_pipeline.defs.clients import source_for
     from rag_sync_pipeline.sources import SourceError
     from rag_sync_pipeline.store import open_store
-    from rag_sync_pipeline.sync.stages import partition_is_current
+    from rag_sync_pipeline.sync.up_to_date import partition_is_current
 
     try:
         source = source_for(config)
-    except SourceError:
-        return False  # the run reports the cause
+    except (SourceError, ConfigurationError):
+        return None, False
     try:
-        return partition_is_current(open_store(settings), source, config.name, partition)
+        name = source.normalize_partition(partition)
+        return name, partition_is_current(open_store(settings), source, config.name, name)
     except SourceError:
-        return False
+        return None, False
     finally:
         source.close()
+
+
+def _print_unchanged(settings, source_name: str, partition: str, as_json: bool) -> None:
+    summary = _unchanged_summary(settings, source_name, partition)
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+    else:
+        click.echo(f"{source_name}/{partition}: unchanged since the last sync; no run started")
 
 
 def _unchanged_summary(settings, source_name: str, partition: str) -> dict:

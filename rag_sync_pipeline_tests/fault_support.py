@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from rag_sync_pipeline.sources import Source
 from rag_sync_pipeline.store import LanceStore, schemas
 from rag_sync_pipeline.store.lance import partition_filter
-from rag_sync_pipeline.sync import StageRun, sync_chunks, sync_embeddings, sync_markdown, sync_raw
+from rag_sync_pipeline.sync.stages import StageRun, sync_chunks, sync_embeddings, sync_markdown, sync_raw
 from rag_sync_pipeline.transform.chunking import MarkdownChunker
 from rag_sync_pipeline.transform.embedding import Embedder
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from rag_sync_pipeline.sources.local import LocalFolderSource
 from rag_sync_pipeline.store import LanceStore
-from rag_sync_pipeline.sync import StageRun, sync_chunks, sync_embeddings, sync_markdown, sync_raw
+from rag_sync_pipeline.sync.stages import StageRun, sync_chunks, sync_embeddings, sync_markdown, sync_raw
 from rag_sync_pipeline.transform.chunking import MarkdownChunker
 from rag_sync_pipeline.transform.embedding import Embedder
 

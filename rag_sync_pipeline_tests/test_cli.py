@@ -84,3 +84,21 @@ def test_a_sync_with_nothing_to_embed_never_imports_torch(cli_env, corpus):
     summary = json.loads(result.stdout[:result.stdout.rindex("EXIT")])
     assert summary["documents_deleted"] == 1 and summary["chunks_embedded"] == 0 and summary["success"]
     assert result.stdout.strip().endswith("EXIT 0 False False"), result.stdout[-500:] + result.stderr[-2000:]
+
+
+def test_a_sync_of_an_unchanged_partition_starts_no_run_and_never_imports_dagster_or_torch(cli_env, corpus):
+    """`rag-sync sync` of a partition where nothing changed is what a user runs most: the probe and the ledger
+    answer it, before Dagster (about a second to import) or the model are loaded."""
+    rag_sync(cli_env, "sync", "--source", "local", "--partition", "hr")
+    probe = ("import sys; from rag_sync_pipeline.cli import main\n"
+             "try:\n    main(['sync', '--source', 'local', '--partition', 'hr', '--json'])\n"
+             "except SystemExit as exit:\n"
+             "    print('EXIT', exit.code, 'dagster' in sys.modules, 'torch' in sys.modules)\n")
+    result = subprocess.run([sys.executable, "-c", probe], env=cli_env, capture_output=True, text=True, timeout=300)
+    summary = json.loads(result.stdout[:result.stdout.rindex("EXIT")])
+    assert summary["unchanged"] and summary["run_id"] == "" and summary["documents_total"] == 2
+    assert result.stdout.strip().endswith("EXIT 0 False False"), result.stdout[-500:] + result.stderr[-2000:]
+
+    (corpus / "hr" / "leave.txt").write_text("Leave policy, revised.\n")
+    changed = json.loads(rag_sync(cli_env, "sync", "--source", "local", "--partition", "hr", "--json").stdout)
+    assert changed["run_id"] and changed["success"] and changed["documents_updated"] == 1

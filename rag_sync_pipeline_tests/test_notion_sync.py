@@ -15,7 +15,7 @@ from rag_sync_pipeline.settings import load_settings
 from rag_sync_pipeline.sources.notion import NotionSource, build_notion_client
 from rag_sync_pipeline.store import LanceStore
 from rag_sync_pipeline.store.lance import partition_filter
-from rag_sync_pipeline.sync import StageRun, sync_raw
+from rag_sync_pipeline.sync.stages import StageRun, sync_raw
 from rag_sync_pipeline_tests.dagster_support import check_results, materialize_partition, stage_metadata
 from rag_sync_pipeline_tests.fakes.notion import Fault, block, iso, notion_simulator
 
@@ -317,7 +317,7 @@ def direct_source(notion, database, **options) -> NotionSource:
 
 
 def test_real_sample_page_served_by_the_simulator_converts_with_every_block(notion, lancedb_uri):
-    from rag_sync_pipeline.sync import sync_markdown
+    from rag_sync_pipeline.sync.stages import sync_markdown
     from rag_sync_pipeline_tests.fakes.notion import SAMPLE_PAGE_ID, sample_page_children
 
     database, [source_id] = notion.add_database("Samples")

@@ -6,8 +6,8 @@ import pytest
 
 from rag_sync_pipeline.sources import DocumentError, DocumentRef, Listing, RawDocument, Source
 from rag_sync_pipeline.store import LanceStore
-from rag_sync_pipeline.sync import StageRun, sync_raw
-from rag_sync_pipeline.sync.stages import reconciliation_due
+from rag_sync_pipeline.sync.stages import StageRun, sync_raw
+from rag_sync_pipeline.sync.up_to_date import reconciliation_due
 
 
 class InMemoryIncrementalSource(Source):

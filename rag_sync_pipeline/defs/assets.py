@@ -19,8 +19,9 @@ from rag_sync_pipeline.settings import Settings, SourceConfig
 from rag_sync_pipeline.sources import PartitionError
 from rag_sync_pipeline.store import LanceStore
 from rag_sync_pipeline.store.lance import now
-from rag_sync_pipeline.sync import StageReport, StageRun, sync_chunks, sync_embeddings, sync_markdown, sync_raw
 from rag_sync_pipeline.sync.freshness import health_markdown, partition_health
+from rag_sync_pipeline.sync.report import StageReport
+from rag_sync_pipeline.sync.stages import StageRun, sync_chunks, sync_embeddings, sync_markdown, sync_raw
 
 FULL_REFRESH_TAG = "rag_sync/full_refresh"
 RECONCILE_TAG = "rag_sync/reconcile"

@@ -10,8 +10,8 @@ import dagster as dg
 from rag_sync_pipeline.defs.resources import LanceDBResource, SourceSecretsResource
 from rag_sync_pipeline.store import LanceStore, schemas
 from rag_sync_pipeline.store.lance import partition_filter
-from rag_sync_pipeline.sync import StageReport
 from rag_sync_pipeline.sync.freshness import health_markdown, partition_health
+from rag_sync_pipeline.sync.report import StageReport
 
 NO_FAILURES = "no_document_failures"
 WITHIN_TOKEN_WINDOW = "chunks_within_token_window"

@@ -11,8 +11,6 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from dagster_aws.s3 import S3Resource
-
 from rag_sync_pipeline.settings import ConfigurationError, SourceConfig
 from rag_sync_pipeline.sources import SOURCE_TYPES, Source, build_source
 from rag_sync_pipeline.sources.http import check_url_security, insecure_http_allowed
@@ -40,6 +38,8 @@ def s3_client(config: SourceConfig, environ: Mapping[str, str]) -> Any:
     if options.get("endpoint_url"):
         check_url_security(str(options["endpoint_url"]), allow_insecure_http=insecure_http_allowed(options, environ),
                            setting=f"s3 source {config.name!r} endpoint_url")
+    from dagster_aws.s3 import S3Resource  # here, not above: `rag-sync sync` of other sources skips Dagster
+
     resource = S3Resource(region_name=options.get("region") or None, endpoint_url=options.get("endpoint_url") or None,
                           profile_name=options.get("profile") or None, **secrets)
     return resource.get_client()

@@ -22,7 +22,7 @@ from rag_sync_pipeline.defs.resources import LanceDBResource, SourceSecretsResou
 from rag_sync_pipeline.settings import Settings, SourceConfig
 from rag_sync_pipeline.sources import SourceError
 from rag_sync_pipeline.store.lance import now
-from rag_sync_pipeline.sync.stages import reconciliation_due
+from rag_sync_pipeline.sync.up_to_date import reconciliation_due
 
 RETRY_FAILED_AFTER_SECONDS = 300
 MAX_RUNS_PER_TICK = 25

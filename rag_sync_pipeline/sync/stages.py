@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -27,6 +27,7 @@ from rag_sync_pipeline.store import LanceStore, LedgerEntry, schemas
 from rag_sync_pipeline.store.lance import in_list, now, partition_filter, quote
 from rag_sync_pipeline.sync.plan import batched, plan_stage
 from rag_sync_pipeline.sync.report import StageReport
+from rag_sync_pipeline.sync.up_to_date import reconciliation_due
 from rag_sync_pipeline.transform.chunking import MarkdownChunker
 from rag_sync_pipeline.transform.embedding import Embedder
 from rag_sync_pipeline.transform.markdown import ConversionError, to_markdown
@@ -37,7 +38,6 @@ DEFAULT_MAX_MARKDOWN_BYTES = 5_000_000
 MAX_TITLE_CHARS = 500
 CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
 CHUNKER_VERSION = "sections-v1"
-RECONCILE_EVERY = timedelta(days=7)
 
 
 @dataclass
@@ -133,29 +133,6 @@ def _document_fields(run: StageRun, doc_id: str, row: dict[str, Any]) -> dict[st
 
 
 # -- raw_documents: the source's documents, fetched only when their version token moved ----------------
-
-def partition_is_current(store: LanceStore, source: Source, source_name: str, partition: str) -> bool:
-    """The sensor's test, for callers outside Dagster: every stage has indexed the mark the source's cheap
-    probe still answers, and no complete listing (for deletions) is due. A sync would change nothing."""
-    state = store.read_partition_state(source_name, partition)
-    raw = state.get("raw_documents")
-    committed = raw.get("mark") if raw else None
-    if committed is None or state.get("embeddings", {}).get("mark") != committed:
-        return False
-    if source.deletion_strategy == "weekly_reconciliation" and reconciliation_due(source.deletion_strategy,
-                                                                                   raw.get("reconciled_at")):
-        return False
-    return source.probe(partition, committed) == committed
-
-
-def reconciliation_due(strategy: str, reconciled_at: datetime | None, at: datetime | None = None) -> bool:
-    """Whether a complete listing (the only way to see deletions in an incremental API) is due."""
-    if strategy == "every_sync" or reconciled_at is None:
-        return True
-    if strategy == "weekly_reconciliation":
-        return (at or now()) - reconciled_at >= RECONCILE_EVERY
-    return False  # on_demand: only when a run asks for it
-
 
 def sync_raw(run: StageRun, source: Source, *, reconcile: bool = False) -> StageReport:
     """Fetch new and changed documents; drop deleted ones when the listing is complete.
