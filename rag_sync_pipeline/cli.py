@@ -100,12 +100,13 @@ def sync(source_name: str | None, partition: str | None, full_refresh: bool, rec
         _fail(str(error))
     if partition and not source_name and len(configs) > 1:
         _fail("--partition needs --source when several sources are configured")
-    checked = None
-    if partition and not (full_refresh or reconcile):
+    current: set[tuple[str, str]] = set()
+    checked: set[tuple[str, str]] = set()
+    if not (full_refresh or reconcile):
         # Before Dagster is even imported: the common case, nothing changed, answers in about two seconds.
-        checked, current = _unchanged(settings, configs[0], partition)
-        if current:
-            _print_unchanged(settings, configs[0].name, checked, as_json)
+        all_current = _probe_partitions(settings, configs, partition, current, checked)
+        if all_current and checked:
+            _print_unchanged(settings, sorted(checked), as_json)
             sys.exit(0)
     from rag_sync_pipeline.definitions import build_definitions
     from rag_sync_pipeline.defs.assets import FULL_REFRESH_TAG, RECONCILE_TAG, partitions_def_for
@@ -145,7 +146,8 @@ def sync(source_name: str | None, partition: str | None, full_refresh: bool, rec
                 summaries.append({**summarize(config.name, target, "", False, {}), "error": str(error)})
                 click.echo(f"{config.name}/{target}: SKIPPED: {error}", err=True)
                 continue
-            if target != checked and not (full_refresh or reconcile) and _unchanged(settings, config, target)[1]:
+            if not (full_refresh or reconcile) and ((config.name, target) in current or (
+                    (config.name, target) not in checked and _probe_partitions(settings, [config], target))):
                 summaries.append(_unchanged_summary(settings, config.name, target))
                 if not as_json:
                     click.echo(f"{config.name}/{target}: unchanged since the last sync; no run started")
@@ -164,34 +166,44 @@ def sync(source_name: str | None, partition: str | None, full_refresh: bool, rec
     sys.exit(0 if all(s["success"] for s in summaries) else 1)
 
 
-def _unchanged(settings, config, partition: str) -> tuple[str | None, bool]:
-    """(the partition's name as the source spells it, whether the source's cheap probe says nothing changed
-    since every stage indexed it): then no run is needed, and none is started (starting a Dagster run and
-    loading the model cost seconds). Any error is left for the run to report."""
+def _probe_partitions(settings, configs, partition: str | None, current: set | None = None,
+                      checked: set | None = None) -> bool:
+    """Whether every partition asked for (`partition`, or each that the sources list) is up to date: every
+    stage indexed what the source's cheap probe still answers. Then no run is needed and none is started
+    (importing Dagster, starting a run and loading the model cost seconds). Stops at the first that is not;
+    `current` and `checked` collect (source, partition) pairs. Any error is left for the run to report."""
     from rag_sync_pipeline.defs.clients import source_for
     from rag_sync_pipeline.sources import SourceError
     from rag_sync_pipeline.store import open_store
     from rag_sync_pipeline.sync.up_to_date import partition_is_current
 
-    try:
-        source = source_for(config)
-    except (SourceError, ConfigurationError):
-        return None, False
-    try:
-        name = source.normalize_partition(partition)
-        return name, partition_is_current(open_store(settings), source, config.name, name)
-    except SourceError:
-        return None, False
-    finally:
-        source.close()
+    current = set() if current is None else current
+    checked = set() if checked is None else checked
+    store = open_store(settings)
+    for config in configs:
+        try:
+            source = source_for(config)
+        except (SourceError, ConfigurationError):
+            return False
+        try:
+            for name in [source.normalize_partition(partition)] if partition else source.partitions():
+                checked.add((config.name, name))
+                if not partition_is_current(store, source, config.name, name):
+                    return False
+                current.add((config.name, name))
+        except SourceError:
+            return False
+        finally:
+            source.close()
+    return True
 
 
-def _print_unchanged(settings, source_name: str, partition: str, as_json: bool) -> None:
-    summary = _unchanged_summary(settings, source_name, partition)
+def _print_unchanged(settings, partitions: list[tuple[str, str]], as_json: bool) -> None:
+    summaries = [_unchanged_summary(settings, source, partition) for source, partition in partitions]
     if as_json:
-        click.echo(json.dumps(summary, indent=2))
-    else:
-        click.echo(f"{source_name}/{partition}: unchanged since the last sync; no run started")
+        click.echo(json.dumps(summaries if len(summaries) != 1 else summaries[0], indent=2))
+    for source, partition in [] if as_json else partitions:
+        click.echo(f"{source}/{partition}: unchanged since the last sync; no run started")
 
 
 def _unchanged_summary(settings, source_name: str, partition: str) -> dict:

@@ -20,7 +20,7 @@ def tick(workspace: Workspace, sensor_name: str, count_calls: Callable[[], Count
     definitions = build_definitions(load_settings())
     sensor = definitions.resolve_sensor_def(sensor_name)
     with workspace.instance() as instance:
-        context = dg.build_sensor_context(instance=instance, resources={"lancedb": definitions.resources["lancedb"]})
+        context = dg.build_sensor_context(instance=instance, resources=definitions.resources)
         sensor(context)
         before = Counter(count_calls())
         started = time.perf_counter()

@@ -86,19 +86,26 @@ def test_a_sync_with_nothing_to_embed_never_imports_torch(cli_env, corpus):
     assert result.stdout.strip().endswith("EXIT 0 False False"), result.stdout[-500:] + result.stderr[-2000:]
 
 
-def test_a_sync_of_an_unchanged_partition_starts_no_run_and_never_imports_dagster_or_torch(cli_env, corpus):
-    """`rag-sync sync` of a partition where nothing changed is what a user runs most: the probe and the ledger
-    answer it, before Dagster (about a second to import) or the model are loaded."""
-    rag_sync(cli_env, "sync", "--source", "local", "--partition", "hr")
-    probe = ("import sys; from rag_sync_pipeline.cli import main\n"
-             "try:\n    main(['sync', '--source', 'local', '--partition', 'hr', '--json'])\n"
-             "except SystemExit as exit:\n"
-             "    print('EXIT', exit.code, 'dagster' in sys.modules, 'torch' in sys.modules)\n")
-    result = subprocess.run([sys.executable, "-c", probe], env=cli_env, capture_output=True, text=True, timeout=300)
-    summary = json.loads(result.stdout[:result.stdout.rindex("EXIT")])
-    assert summary["unchanged"] and summary["run_id"] == "" and summary["documents_total"] == 2
-    assert result.stdout.strip().endswith("EXIT 0 False False"), result.stdout[-500:] + result.stderr[-2000:]
+def test_a_sync_of_unchanged_partitions_starts_no_run_and_never_imports_dagster_or_torch(cli_env, corpus):
+    """`rag-sync sync` where nothing changed is what a user runs most: the probes and the ledger answer it,
+    before Dagster (about a second to import) or the model are loaded; for one partition or all of them."""
+    rag_sync(cli_env, "sync", "--source", "local")
+    for args, expected in ((["--partition", "hr"], {"hr"}), ([], {"eng", "hr"})):
+        probe = ("import sys; from rag_sync_pipeline.cli import main\n"
+                 f"try:\n    main(['sync', '--source', 'local', '--json', *{args!r}])\n"
+                 "except SystemExit as exit:\n"
+                 "    print('EXIT', exit.code, 'dagster' in sys.modules, 'torch' in sys.modules)\n")
+        result = subprocess.run([sys.executable, "-c", probe], env=cli_env, capture_output=True, text=True,
+                                timeout=300)
+        assert result.stdout.strip().endswith("EXIT 0 False False"), result.stdout[-500:] + result.stderr[-2000:]
+        output = json.loads(result.stdout[:result.stdout.rindex("EXIT")])
+        summaries = output if isinstance(output, list) else [output]
+        assert {s["partition"] for s in summaries} == expected
+        assert all(s["unchanged"] and s["run_id"] == "" and s["success"] for s in summaries)
+    assert {s["partition"]: s["documents_total"] for s in summaries} == {"eng": 3, "hr": 2}
 
     (corpus / "hr" / "leave.txt").write_text("Leave policy, revised.\n")
-    changed = json.loads(rag_sync(cli_env, "sync", "--source", "local", "--partition", "hr", "--json").stdout)
-    assert changed["run_id"] and changed["success"] and changed["documents_updated"] == 1
+    changed = json.loads(rag_sync(cli_env, "sync", "--source", "local", "--json").stdout)
+    by_partition = {s["partition"]: s for s in changed}
+    assert by_partition["eng"]["unchanged"] and by_partition["eng"]["run_id"] == ""
+    assert by_partition["hr"]["run_id"] and by_partition["hr"]["documents_updated"] == 1
