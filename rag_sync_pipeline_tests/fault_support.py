@@ -10,7 +10,7 @@ import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from rag_sync_pipeline.sources import Source
+from rag_sync_pipeline.sources import PartitionError, Source
 from rag_sync_pipeline.store import LanceStore, schemas
 from rag_sync_pipeline.store.lance import partition_filter
 from rag_sync_pipeline.sync.stages import StageRun, sync_chunks, sync_embeddings, sync_markdown, sync_raw
@@ -81,3 +81,39 @@ def audit(store: LanceStore, source: str, partition: str, expected: dict[str, in
 
 def committed_mark(store: LanceStore, source: str, partition: str, stage: str = "raw_documents") -> str | None:
     return store.read_partition_state(source, partition).get(stage, {}).get("mark")
+
+
+def attempt_sync(store: LanceStore, source: Source, name: str, partition: str, embedder: Embedder,
+                 documents_per_commit: int = 200) -> tuple[str, str]:
+    """The four stages through an injected fault: the outcome ("completes", "document fails" or "fails") and
+    the message a user would read (the recorded document failures, or the run's error)."""
+    try:
+        reports = sync_all(store, source, name, partition, embedder, documents_per_commit)
+    except PartitionError as error:
+        return "fails", str(error)
+    outcome = "document fails" if reports["raw_documents"].documents_failed else "completes"
+    return outcome, "; ".join(reports["raw_documents"].failures)
+
+
+def check_index_after_fault(store: LanceStore, source: str, partition: str, outcome: str,
+                            allowed: dict[str, set[int]], expected: dict[str, int],
+                            before_mark: str | None) -> tuple[Audit, str | None]:
+    """Every document whole, at its old or its new revision; the mark moved only if everything is indexed.
+    Returns the audit of that moment and the committed mark, for the test's figures."""
+    during = audit(store, source, partition, allowed=allowed)
+    now_indexed = audit(store, source, partition, expected=expected)
+    mark = committed_mark(store, source, partition)
+    assert during.partial_docs == [] and during.lost_changes == [] and during.duplicate_chunks == 0
+    if outcome == "completes":
+        assert now_indexed.lost_changes == [] and mark != before_mark
+    else:
+        assert now_indexed.lost_changes != [] and mark == before_mark
+    return during, mark
+
+
+def fault_figures(label: str, outcome: str, during: Audit, after: Audit, mark: str | None,
+                  before_mark: str | None) -> str:
+    """The line each fault test prints: what the fault did, and what the recovery run left."""
+    return (f"\nFAULT {label}: outcome={outcome}, partial_docs={len(during.partial_docs)}, "
+            f"lost_changes={len(after.lost_changes)}, duplicate_chunks={after.duplicate_chunks}, "
+            f"mark_advanced_early={int(outcome != 'completes' and mark != before_mark)}")

@@ -19,7 +19,14 @@ from rag_sync_pipeline.sources.confluence import ConfluenceSource
 from rag_sync_pipeline.store import LanceStore
 from rag_sync_pipeline_tests.dagster_support import materialize_partition, stage_metadata
 from rag_sync_pipeline_tests.fakes.confluence import Fault, confluence_simulator
-from rag_sync_pipeline_tests.fault_support import audit, committed_mark, sync_all
+from rag_sync_pipeline_tests.fault_support import (
+    attempt_sync,
+    audit,
+    check_index_after_fault,
+    committed_mark,
+    fault_figures,
+    sync_all,
+)
 from rag_sync_pipeline_tests.test_confluence_dagster import tick
 
 NAME, SPACE = "confluence", "OPS"
@@ -125,39 +132,23 @@ def test_fault(case: Case, embedder, lancedb_uri):
                                       path_contains=f"{FETCH}{space.pages[2]}")
         sim.faults.extend(faults)
 
-        message = ""
-        try:
-            reports = sync_all(store, make_source(sim, case.strategy, case.timeout), NAME, SPACE, embedder,
-                               case.per_commit)
-            outcome = "document fails" if reports["raw_documents"].documents_failed else "completes"
-            message = "; ".join(reports["raw_documents"].failures)
-        except PartitionError as error:
-            outcome, message = "fails", str(error)
+        outcome, message = attempt_sync(store, make_source(sim, case.strategy, case.timeout), NAME, SPACE,
+                                        embedder, case.per_commit)
         assert sim.calls["fault"] == len(faults) and not sim.faults  # every injected fault was met
         assert outcome == case.outcome, message
         assert f"space {SPACE}" in message if outcome != "completes" else message == ""
         assert case.cause in message
         assert sim.token not in message
 
-        # Every document whole, at its old or its new revision; the mark moved only if everything is indexed.
         allowed = {doc_id: {before.get(doc_id, revision), revision} for doc_id, revision in space.revisions.items()}
         allowed.update({doc_id: {revision} for doc_id, revision in before.items() if doc_id not in allowed})
-        during = audit(store, NAME, SPACE, allowed=allowed)
-        now_indexed = audit(store, NAME, SPACE, expected=space.revisions)
-        mark = committed_mark(store, NAME, SPACE)
-        assert during.partial_docs == [] and during.lost_changes == [] and during.duplicate_chunks == 0
-        if outcome == "completes":
-            assert now_indexed.lost_changes == [] and mark != before_mark
-        else:
-            assert now_indexed.lost_changes != [] and mark == before_mark
+        during, mark = check_index_after_fault(store, NAME, SPACE, outcome, allowed, space.revisions, before_mark)
 
         reports = sync_all(store, make_source(sim, case.strategy), NAME, SPACE, embedder)  # the fault is gone
         after = audit(store, NAME, SPACE, expected=space.revisions)
         assert reports["raw_documents"].documents_failed == 0
         assert committed_mark(store, NAME, SPACE) == make_source(sim).probe(SPACE, None)
-        print(f"\nFAULT confluence/{case.name}: outcome={outcome}, partial_docs={len(during.partial_docs)}, "
-              f"lost_changes={len(after.lost_changes)}, duplicate_chunks={after.duplicate_chunks}, "
-              f"mark_advanced_early={int(outcome != 'completes' and mark != before_mark)}")
+        print(fault_figures(f"confluence/{case.name}", outcome, during, after, mark, before_mark))
         assert after.lost_changes == [] and after.partial_docs == [] and after.duplicate_chunks == 0
 
 

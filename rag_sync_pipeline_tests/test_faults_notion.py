@@ -12,12 +12,18 @@ from dataclasses import dataclass, replace
 
 import pytest
 
-from rag_sync_pipeline.sources import PartitionError
 from rag_sync_pipeline.sources.http import RetryPolicy
 from rag_sync_pipeline.sources.notion import NotionSource, build_notion_client
 from rag_sync_pipeline.store import LanceStore
 from rag_sync_pipeline_tests.fakes.notion import Fault, block, notion_simulator
-from rag_sync_pipeline_tests.fault_support import audit, committed_mark, sync_all
+from rag_sync_pipeline_tests.fault_support import (
+    attempt_sync,
+    audit,
+    check_index_after_fault,
+    committed_mark,
+    fault_figures,
+    sync_all,
+)
 
 QUERY, CHILDREN = "POST /v1/data_sources/{id}/query", "GET /v1/blocks/{id}/children"
 MAX_RETRIES = 3
@@ -82,12 +88,7 @@ def test_fault(case: Case, embedder, lancedb_uri):
         notion.calls["fault"] = 0
 
         message = ""
-        try:
-            reports = sync_all(store, make_source(notion, database), "notion", database, embedder)
-            outcome = "document fails" if reports["raw_documents"].documents_failed else "completes"
-            message = "; ".join(reports["raw_documents"].failures)
-        except PartitionError as error:
-            outcome, message = "fails", str(error)
+        outcome, message = attempt_sync(store, make_source(notion, database), "notion", database, embedder)
         assert notion.calls["fault"] == sum(f.times for f in case.faults)  # every injected fault was met
         assert outcome == case.outcome, message
         if outcome != "completes":
@@ -95,21 +96,12 @@ def test_fault(case: Case, embedder, lancedb_uri):
         assert notion.token not in message
 
         allowed = {doc_id: {before.get(doc_id, revision), revision} for doc_id, revision in revisions.items()}
-        during = audit(store, "notion", database, allowed=allowed)
-        now_indexed = audit(store, "notion", database, expected=revisions)
-        mark = committed_mark(store, "notion", database)
-        assert during.partial_docs == [] and during.lost_changes == [] and during.duplicate_chunks == 0
-        if outcome == "completes":
-            assert now_indexed.lost_changes == [] and mark != before_mark
-        else:
-            assert now_indexed.lost_changes != [] and mark == before_mark
+        during, mark = check_index_after_fault(store, "notion", database, outcome, allowed, revisions, before_mark)
 
         notion.faults.clear()
         reports = sync_all(store, make_source(notion, database), "notion", database, embedder)
         after = audit(store, "notion", database, expected=revisions)
-        print(f"\nFAULT notion/{case.name}: outcome={outcome}, partial_docs={len(during.partial_docs)}, "
-              f"lost_changes={len(after.lost_changes)}, duplicate_chunks={after.duplicate_chunks}, "
-              f"mark_advanced_early={int(outcome != 'completes' and mark != before_mark)}")
+        print(fault_figures(f"notion/{case.name}", outcome, during, after, mark, before_mark))
         assert reports["raw_documents"].documents_failed == 0
         assert after.lost_changes == [] and after.partial_docs == [] and after.duplicate_chunks == 0
         assert committed_mark(store, "notion", database) == make_source(notion, database).probe(database, None)

@@ -16,10 +16,16 @@ import boto3
 import pytest
 from botocore.config import Config
 
-from rag_sync_pipeline.sources import PartitionError
 from rag_sync_pipeline.sources.s3 import S3Source
 from rag_sync_pipeline.store import LanceStore
-from rag_sync_pipeline_tests.fault_support import audit, committed_mark, sync_all
+from rag_sync_pipeline_tests.fault_support import (
+    attempt_sync,
+    audit,
+    check_index_after_fault,
+    committed_mark,
+    fault_figures,
+    sync_all,
+)
 from rag_sync_pipeline_tests.s3_support import TEST_CREDENTIALS, CountingProxy, MotoServer, ProxyFault
 
 LIST, GET = "ListObjectsV2", "GetObject"
@@ -108,13 +114,7 @@ def test_fault(case: Case, endpoint, embedder, lancedb_uri):
     proxy.faults[:] = [replace(f) for f in case.faults]  # the proxy counts their skips down
     met_before = proxy.faults_met
 
-    message = ""
-    try:
-        reports = sync_all(store, make_source(proxy, bucket), "s3", partition, embedder)
-        outcome = "document fails" if reports["raw_documents"].documents_failed else "completes"
-        message = "; ".join(reports["raw_documents"].failures)
-    except PartitionError as error:
-        outcome, message = "fails", str(error)
+    outcome, message = attempt_sync(store, make_source(proxy, bucket), "s3", partition, embedder)
     assert proxy.faults_met - met_before == len(case.faults) and not proxy.faults
     assert outcome in case.outcomes, message
     if outcome != "completes":
@@ -123,20 +123,11 @@ def test_fault(case: Case, endpoint, embedder, lancedb_uri):
 
     allowed = {doc_id: {before.get(doc_id, revision), revision} for doc_id, revision in revisions.items()}
     allowed["doc4.md"] = {1}
-    during = audit(store, "s3", partition, allowed=allowed)
-    now_indexed = audit(store, "s3", partition, expected=revisions)
-    mark = committed_mark(store, "s3", partition)
-    assert during.partial_docs == [] and during.lost_changes == [] and during.duplicate_chunks == 0
-    if outcome == "completes":
-        assert now_indexed.lost_changes == [] and mark != before_mark
-    else:
-        assert now_indexed.lost_changes != [] and mark == before_mark
+    during, mark = check_index_after_fault(store, "s3", partition, outcome, allowed, revisions, before_mark)
 
     reports = sync_all(store, make_source(proxy, bucket), "s3", partition, embedder)
     after = audit(store, "s3", partition, expected=revisions)
-    print(f"\nFAULT s3/{case.name}: outcome={outcome}, partial_docs={len(during.partial_docs)}, "
-          f"lost_changes={len(after.lost_changes)}, duplicate_chunks={after.duplicate_chunks}, "
-          f"mark_advanced_early={int(outcome != 'completes' and mark != before_mark)}")
+    print(fault_figures(f"s3/{case.name}", outcome, during, after, mark, before_mark))
     assert reports["raw_documents"].documents_failed == 0
     assert after.lost_changes == [] and after.partial_docs == [] and after.duplicate_chunks == 0
     assert committed_mark(store, "s3", partition) == make_source(proxy, bucket).probe(partition, None)
