@@ -22,7 +22,7 @@ from rag_sync_pipeline.defs.resources import LanceDBResource, SourceSecretsResou
 from rag_sync_pipeline.settings import Settings, SourceConfig
 from rag_sync_pipeline.sources import SourceError
 from rag_sync_pipeline.store.lance import now
-from rag_sync_pipeline.sync.up_to_date import reconciliation_due
+from rag_sync_pipeline.sync.up_to_date import read_marks
 
 RETRY_FAILED_AFTER_SECONDS = 300
 MAX_RUNS_PER_TICK = 25
@@ -64,20 +64,15 @@ def build_sync_sensor(config: SourceConfig, settings: Settings, job, partitions:
                         and time.time() - last.end_time < RETRY_FAILED_AFTER_SECONDS):
                     reasons.append(f"{partition}: last run failed, retrying after {RETRY_FAILED_AFTER_SECONDS}s")
                     continue
-                state = store.read_partition_state(config.name, partition)
-                raw = state.get("raw_documents", {})
-                committed, indexed = raw.get("mark"), state.get("embeddings", {}).get("mark")
+                marks = read_marks(store, source, config.name, partition)
+                committed, indexed, reconcile = marks.committed, marks.indexed, marks.reconcile_due
                 try:
                     current = source.probe(partition, committed)
                 except SourceError as error:
                     reasons.append(f"{partition}: probe failed: {error}")
                     context.log.warning(f"{config.name} partition {partition}: probe failed: {error}")
                     continue
-                # Deletions never show in a "modified since" probe: the strategy's cadence asks on its own.
-                reconcile = (raw and source.deletion_strategy == "weekly_reconciliation"
-                             and reconciliation_due(source.deletion_strategy, raw.get("reconciled_at")))
-                synced_at = state.get("embeddings", {}).get("updated_at")
-                confirm = synced_at is not None and now() - synced_at >= confirm_after
+                confirm = marks.synced_at is not None and now() - marks.synced_at >= confirm_after
                 if current == committed and indexed == committed and not reconcile and not confirm:
                     reasons.append(f"{partition}: unchanged")
                     continue

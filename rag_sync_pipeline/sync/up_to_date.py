@@ -6,6 +6,7 @@ to run (the LanceDB ledger and one probe call), so this module imports nothing e
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from rag_sync_pipeline.sources.base import Source
@@ -14,18 +15,32 @@ from rag_sync_pipeline.store.lance import LanceStore, now
 RECONCILE_EVERY = timedelta(days=7)
 
 
+@dataclass(frozen=True)
+class PartitionMarks:
+    """What the ledger says of a partition, before anyone asks the source."""
+
+    committed: str | None  # the mark the raw stage committed
+    indexed: str | None  # the mark the final stage has indexed
+    reconcile_due: bool  # a complete listing (for deletions) is due by the source's strategy
+    synced_at: datetime | None  # when the final stage last finished
+
+
+def read_marks(store: LanceStore, source: Source, source_name: str, partition: str) -> PartitionMarks:
+    state = store.read_partition_state(source_name, partition)
+    raw, final = state.get("raw_documents", {}), state.get("embeddings", {})
+    # Deletions never show in a "modified since" probe: the strategy's cadence asks on its own.
+    reconcile = bool(raw) and source.deletion_strategy == "weekly_reconciliation" and reconciliation_due(
+        source.deletion_strategy, raw.get("reconciled_at"))
+    return PartitionMarks(raw.get("mark"), final.get("mark"), reconcile, final.get("updated_at"))
+
+
 def partition_is_current(store: LanceStore, source: Source, source_name: str, partition: str) -> bool:
     """The sensor's test, for callers outside Dagster: every stage has indexed the mark the source's cheap
     probe still answers, and no complete listing (for deletions) is due. A sync would change nothing."""
-    state = store.read_partition_state(source_name, partition)
-    raw = state.get("raw_documents")
-    committed = raw.get("mark") if raw else None
-    if committed is None or state.get("embeddings", {}).get("mark") != committed:
+    marks = read_marks(store, source, source_name, partition)
+    if marks.committed is None or marks.indexed != marks.committed or marks.reconcile_due:
         return False
-    if source.deletion_strategy == "weekly_reconciliation" and reconciliation_due(source.deletion_strategy,
-                                                                                   raw.get("reconciled_at")):
-        return False
-    return source.probe(partition, committed) == committed
+    return source.probe(partition, marks.committed) == marks.committed
 
 
 def reconciliation_due(strategy: str, reconciled_at: datetime | None, at: datetime | None = None) -> bool:
