@@ -133,6 +133,8 @@ def _storage_options(environ: Mapping[str, str]) -> dict[str, str]:
         raise ConfigurationError(f"RAG_LANCEDB_STORAGE_OPTIONS sets {', '.join(leaked)}: give credentials in the "
                                  "environment Lance reads (e.g. AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) instead")
     return {str(k): str(v).lower() if isinstance(v, bool) else str(v) for k, v in options.items()}
+
+
 def _backend(environ: Mapping[str, str]) -> str:
     from rag_sync_pipeline.transform.embedding import BACKENDS
 

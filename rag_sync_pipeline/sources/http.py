@@ -31,6 +31,7 @@ from typing import Any
 
 import httpx
 
+from rag_sync_pipeline.settings import TRUE_VALUES
 from rag_sync_pipeline.sources.base import SourceError
 
 RETRY_STATUSES = {429, 500, 502, 503, 504, 529}
@@ -80,7 +81,7 @@ def insecure_http_allowed(options: Mapping[str, Any], environ: Mapping[str, str]
     value = options.get("allow_insecure_http")
     if value is None or str(value).strip() == "":
         value = environ.get("RAG_ALLOW_INSECURE_HTTP", "")
-    return str(value).strip().lower() in {"1", "true", "yes", "on"}
+    return str(value).strip().lower() in TRUE_VALUES
 
 
 def check_url_security(url: str, *, allow_insecure_http: bool, setting: str) -> None:

@@ -36,6 +36,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import httpx
 
+from rag_sync_pipeline.settings import TRUE_VALUES
 from rag_sync_pipeline.sources.base import DocumentError, DocumentRef, Listing, PartitionError, RawDocument, Source
 from rag_sync_pipeline.sources.confluence.client import ConfluenceClient, PageInfo, Space, detect_cloud
 from rag_sync_pipeline.sources.http import (
@@ -51,7 +52,6 @@ from rag_sync_pipeline.sources.http import (
 from rag_sync_pipeline.transform.confluence_storage import STORAGE_CONTENT_TYPE, extract_references
 
 MARK_PREFIX = "cql1"
-TRUE_VALUES = {"1", "true", "yes", "on"}
 FALSE_VALUES = {"0", "false", "no", "off"}
 ATTACHMENT_TYPES = {
     "application/pdf", "text/plain", "text/markdown", "text/html", "text/csv",

@@ -32,6 +32,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from rag_sync_pipeline.identity import sha256_hex
+from rag_sync_pipeline.settings import TRUE_VALUES
 from rag_sync_pipeline.sources.base import (
     DELETION_STRATEGIES,
     DocumentError,
@@ -56,7 +57,6 @@ SETTLING = "~settling"
 MAX_BLOCKS = 2000
 MAX_BLOCK_DEPTH = 30
 DEFAULT_REQUESTS_PER_SECOND = 3.0
-TRUE_VALUES = {"1", "true", "yes", "on"}
 BLOCK_KEYS = ("id", "type", "has_children", "last_edited_time")
 
 
