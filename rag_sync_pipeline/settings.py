@@ -28,6 +28,9 @@ SECRET_OPTION_WORDS = ("secret", "token", "password", "access_key", "account_key
 TRUE_VALUES = {"1", "true", "yes", "on"}
 # A partition whose last successful sync is older than this turns its source's freshness check red.
 DEFAULT_FRESHNESS_MINUTES = 24 * 60
+DEFAULT_MAX_MARKDOWN_BYTES = 5_000_000
+"""About 1.2 million tokens: minutes of chunking and embedding for one document. Bigger is data, not prose."""
+DEFAULT_FETCH_CONCURRENCY = 8
 
 
 class ConfigurationError(ValueError):
@@ -66,12 +69,12 @@ class Settings:
     maintenance_cron: str = "15 3 * * *"
     freshness_check_cron: str = "*/15 * * * *"
     vector_index_min_rows: int = 50_000
-    max_markdown_bytes: int = 5_000_000
+    max_markdown_bytes: int = DEFAULT_MAX_MARKDOWN_BYTES
     """A document whose Markdown is bigger fails alone with a clear error (sync/stages.py)."""
     # Lance storage options for an object-store RAG_LANCEDB_URI (endpoint, region, timeouts; never secrets)
     lancedb_storage_options: Mapping[str, str] = field(default_factory=dict)
     embedding_backend: str = "torch"  # torch | onnx | onnx-int8 (transform/embedding.py)
-    fetch_concurrency: int = 8  # documents fetched at once by the raw stage
+    fetch_concurrency: int = DEFAULT_FETCH_CONCURRENCY  # documents fetched at once by the raw stage
 
     def source(self, name: str) -> SourceConfig:
         for config in self.sources:
@@ -257,8 +260,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         maintenance_cron=environ.get("RAG_MAINTENANCE_CRON", "").strip() or "15 3 * * *",
         freshness_check_cron=environ.get("RAG_FRESHNESS_CHECK_CRON", "").strip() or "*/15 * * * *",
         vector_index_min_rows=_int(environ, "RAG_VECTOR_INDEX_MIN_ROWS", 50_000) or 50_000,
-        max_markdown_bytes=_int(environ, "RAG_MAX_MARKDOWN_BYTES", 5_000_000) or 5_000_000,
+        max_markdown_bytes=(_int(environ, "RAG_MAX_MARKDOWN_BYTES", DEFAULT_MAX_MARKDOWN_BYTES)
+                            or DEFAULT_MAX_MARKDOWN_BYTES),
         lancedb_storage_options=_storage_options(environ),
         embedding_backend=_backend(environ),
-        fetch_concurrency=max(1, _int(environ, "RAG_FETCH_CONCURRENCY", 8) or 1),
+        fetch_concurrency=max(1, _int(environ, "RAG_FETCH_CONCURRENCY", DEFAULT_FETCH_CONCURRENCY) or 1),
     )

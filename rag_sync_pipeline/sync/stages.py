@@ -22,6 +22,7 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from rag_sync_pipeline.identity import canonical_json, chunk_id, document_key, sha256_hex
+from rag_sync_pipeline.settings import DEFAULT_FETCH_CONCURRENCY, DEFAULT_MAX_MARKDOWN_BYTES
 from rag_sync_pipeline.sources import DocumentError, Source
 from rag_sync_pipeline.store import LanceStore, LedgerEntry, schemas
 from rag_sync_pipeline.store.lance import in_list, now, partition_filter, quote
@@ -33,8 +34,6 @@ from rag_sync_pipeline.transform.embedding import Embedder
 from rag_sync_pipeline.transform.markdown import ConversionError, to_markdown
 
 STAGES = ("raw_documents", "markdown", "chunks", "embeddings")
-DEFAULT_MAX_MARKDOWN_BYTES = 5_000_000
-"""About 1.2 million tokens: minutes of chunking and embedding for one document. Bigger is data, not prose."""
 MAX_TITLE_CHARS = 500
 CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
 CHUNKER_VERSION = "sections-v1"
@@ -51,7 +50,8 @@ class StageRun:
     full_refresh: bool = False
     documents_per_commit: int = 200
     max_markdown_bytes: int = DEFAULT_MAX_MARKDOWN_BYTES
-    fetch_concurrency: int = 8  # raw documents fetched at once (the source's client paces and bounds requests)
+    # raw documents fetched at once (the source's client paces and bounds requests)
+    fetch_concurrency: int = DEFAULT_FETCH_CONCURRENCY
     log: Callable[[str], None] = field(default=print)
 
 
