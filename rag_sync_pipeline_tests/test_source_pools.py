@@ -2,7 +2,9 @@
 
 Two Confluence sites (two simulators, each answering every request after 0.2 s), each its own source with
 its own pool (`pool:` in the sources file), each pool limited to 1 with `dagster instance concurrency set`
-on an instance made from the repository's dagster.yaml. Six `rag-sync sync` processes, one space each, start
+on the production instance (deploy/postgres/dagster.yaml, a fresh database on the PostgreSQL server): slots
+are claimed with SELECT ... FOR UPDATE SKIP LOCKED, which SQLite ignores, so on the embedded SQLite instance
+two processes can take the same slot at the same moment. Six `rag-sync sync` processes, one space each, start
 at once. From the runs' event logs: the raw steps (the only ones that call the API) of one site never
 overlap, some waited for their pool, and steps of the two sites did run at the same time.
 """
@@ -11,7 +13,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -20,8 +21,8 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from rag_sync_pipeline_tests.conftest import REPO_ROOT
 from rag_sync_pipeline_tests.fakes.confluence import confluence_simulator
+from rag_sync_pipeline_tests.postgres_support import fresh_database, instance_environment, postgres_home
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -50,11 +51,15 @@ def _raw_step_intervals(instance: dg.DagsterInstance, source: str) -> tuple[list
 
 
 def test_each_sites_pool_limits_its_api_steps_while_sites_run_side_by_side(clean_env, tmp_path):
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    shutil.copy(REPO_ROOT / "dagster.yaml", home / "dagster.yaml")
+    with fresh_database("rag_sync_pools") as database:
+        for name, value in instance_environment(database).items():
+            clean_env.setenv(name, value)
+        _run_six_syncs_and_check_the_pools(postgres_home(tmp_path / "dagster_home"), tmp_path)
+
+
+def _run_six_syncs_and_check_the_pools(home: Path, tmp_path: Path) -> None:
     with dg.DagsterInstance.from_config(str(home)) as instance:
-        instance.get_runs(limit=1)  # create the SQLite schema once, before six processes use it
+        instance.get_runs(limit=1)  # create the schema once, before six processes use it
     with confluence_simulator(latency=0.2) as site_a, confluence_simulator(latency=0.2) as site_b:
         entries = []
         for (source, spaces), sim in zip(SITES.items(), (site_a, site_b), strict=True):
