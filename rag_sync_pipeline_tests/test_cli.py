@@ -86,6 +86,24 @@ def test_a_sync_with_nothing_to_embed_never_imports_torch(cli_env, corpus):
     assert result.stdout.strip().endswith("EXIT 0 False False"), result.stdout[-500:] + result.stderr[-2000:]
 
 
+def test_the_model_loads_on_a_background_thread_while_the_raw_stage_fetches(cli_env, corpus):
+    """Loading torch and the model costs seconds: once the raw stage knows documents changed it starts the load
+    on a thread, so that time overlaps fetching, converting and chunking instead of adding to the run."""
+    probe = ("import sys, threading; import rag_sync_pipeline.transform.embedding as embedding\n"
+             "loads = []; original = embedding._load_model\n"
+             "def recording(*args):\n"
+             "    loads.append(threading.current_thread().name); return original(*args)\n"
+             "embedding._load_model = recording\n"
+             "from rag_sync_pipeline.cli import main\n"
+             "try:\n    main(['sync', '--source', 'local', '--partition', 'hr', '--json'])\n"
+             "except SystemExit as exit:\n"
+             "    print('EXIT', exit.code, loads)\n")
+    result = subprocess.run([sys.executable, "-c", probe], env=cli_env, capture_output=True, text=True, timeout=300)
+    summary = json.loads(result.stdout[:result.stdout.rindex("EXIT")])
+    assert summary["chunks_embedded"] == 2 and summary["success"]
+    assert result.stdout.strip().endswith("EXIT 0 ['embedder-warm-up']"), result.stdout[-500:] + result.stderr[-2000:]
+
+
 def test_a_sync_of_unchanged_partitions_starts_no_run_and_never_imports_dagster_or_torch(cli_env, corpus):
     """`rag-sync sync` where nothing changed is what a user runs most: the probes and the ledger answer it,
     before Dagster (about a second to import) or the model are loaded; for one partition or all of them."""

@@ -61,6 +61,11 @@ def _stage_run(context: dg.AssetExecutionContext, store: LanceStore, config: Sou
     )
 
 
+def _run_embeds(context: dg.AssetExecutionContext, config: SourceConfig) -> bool:
+    selection = context.run.asset_selection  # None or empty: the whole job
+    return not selection or stage_key(config, "embeddings") in selection
+
+
 def _metadata(report: StageReport, store: LanceStore, table: str) -> dict:
     metadata = {k: v for k, v in report.as_dict().items() if k not in {"stage", "failures", "mark", "skipped"}}
     metadata["table_version"] = store.version(table) or 0
@@ -108,12 +113,17 @@ def build_source_assets(config: SourceConfig, settings: Settings) -> list[dg.Ass
               check_specs=checks.specs_for("raw_documents", stage_key(config, "raw_documents"), partitions),
               pool=config.api_pool, **common)
     def raw_documents(context: dg.AssetExecutionContext, lancedb: LanceDBResource,
-                      source_secrets: SourceSecretsResource) -> dg.MaterializeResult:
+                      source_secrets: SourceSecretsResource,
+                      embedding_model: EmbeddingModelResource) -> dg.MaterializeResult:
         store = lancedb.get_store()
         source = source_for(config, source_secrets.values)
         try:
+            run = _stage_run(context, store, config, settings)
+            if _run_embeds(context, config):
+                # The stages run in this process (in_process_executor): load the model while documents are fetched.
+                run.warm_up = embedding_model.get_embedder().warm_up
             reconcile = context.run.tags.get(RECONCILE_TAG, "").lower() == "true"
-            report = sync_raw(_stage_run(context, store, config, settings), source, reconcile=reconcile)
+            report = sync_raw(run, source, reconcile=reconcile)
         except PartitionError as error:
             raise dg.Failure(description=str(error)) from None
         finally:

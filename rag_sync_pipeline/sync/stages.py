@@ -53,6 +53,8 @@ class StageRun:
     # raw documents fetched at once (the source's client paces and bounds requests)
     fetch_concurrency: int = DEFAULT_FETCH_CONCURRENCY
     log: Callable[[str], None] = field(default=print)
+    # called once the raw stage knows documents changed: starts loading the model while they are fetched
+    warm_up: Callable[[], None] | None = None
 
 
 @dataclass
@@ -64,10 +66,12 @@ class BatchOutput:
 
 def _reconcile(run: StageRun, stage: str, table: str, schema, key: str, upstream: dict[str, str],
                complete: bool, transform: Callable[[list[str]], BatchOutput], report: StageReport,
-               retry_failures: bool = False, produces: Callable[[str], str] | None = None) -> None:
+               retry_failures: bool = False, produces: Callable[[str], str] | None = None,
+               on_work: Callable[[], None] | None = None) -> None:
     """`retry_failures`: a failed document is tried again by the next run even if its version has not moved.
     `produces`: the doc hash this stage's current settings make from an upstream version; a document whose
-    recorded hash differs was made with other settings (another chunker) and is redone."""
+    recorded hash differs was made with other settings (another chunker) and is redone.
+    `on_work`: called before the first batch when there are documents to process."""
     ledger = run.store.read_ledger(stage, run.source, run.partition)
     plan = plan_stage(upstream, ledger, complete=complete, full_refresh=run.full_refresh, produces=produces)
     report.documents_unchanged = plan.unchanged
@@ -76,6 +80,8 @@ def _reconcile(run: StageRun, stage: str, table: str, schema, key: str, upstream
     if plan.to_process or plan.deleted:
         run.log(f"{stage} {run.source}/{run.partition}: {len(plan.added)} new, {len(plan.changed)} changed, "
                 f"{len(plan.deleted)} deleted, {plan.unchanged} unchanged")
+    if plan.to_process and on_work is not None:
+        on_work()
 
     for batch in batched(plan.to_process, run.documents_per_commit):
         output = transform(batch)
@@ -189,7 +195,7 @@ def sync_raw(run: StageRun, source: Source, *, reconcile: bool = False) -> Stage
     # A fetch can fail for reasons that heal without the version moving (a Notion page shared with the
     # integration again keeps its last_edited_time; a network outage), so failed fetches are retried.
     _reconcile(run, "raw_documents", schemas.RAW_TABLE, schemas.RAW_SCHEMA, "key", upstream, listing.complete,
-               fetch, report, retry_failures=True)
+               fetch, report, retry_failures=True, on_work=run.warm_up)
     report.api_calls = source.api_calls - calls_before
     mark = listing.mark
     if transient_failures:

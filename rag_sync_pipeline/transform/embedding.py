@@ -53,7 +53,9 @@ class Embedder:
     source: str = ""  # the name or path it was loaded from
     device: str = "auto"
     backend: str = "torch"
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    _warm_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    _load_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    _warming: threading.Thread | None = field(default=None, repr=False, compare=False)
 
     # -- what the chunker and the schema need, from the model's files when it is a local folder -----------
 
@@ -98,11 +100,29 @@ class Embedder:
     # -- the model ------------------------------------------------------------------------------------
 
     def loaded(self):
-        """The model, loaded now if it was not yet (thread-safe: one load per embedder)."""
-        with self._lock:
+        """The model, loaded now if it was not yet (thread-safe: one load per embedder; a caller that comes
+        while a warm-up is loading waits for that load)."""
+        with self._load_lock:
             if self.model is None:
                 self.model = _load_model(self.source, self.device, self.backend)
             return self.model
+
+    def warm_up(self) -> None:
+        """Start loading the model on a background thread, so that importing torch and reading the weights
+        (seconds) overlap the stages before the embeddings stage, which then finds it loaded. Idempotent; a load
+        that fails here is tried again, and reported, by the first `encode`."""
+        with self._warm_lock:
+            if self.model is not None or self._warming is not None:
+                return
+            # Not a daemon: the interpreter waits for it at exit instead of tearing down a half-done torch import.
+            self._warming = threading.Thread(target=self._load_quietly, name="embedder-warm-up")
+            self._warming.start()
+
+    def _load_quietly(self) -> None:
+        try:
+            self.loaded()
+        except Exception:  # noqa: BLE001 - encode() loads again and raises it where it can be reported
+            pass
 
     def encode(self, texts: list[str]) -> np.ndarray:
         if not texts:
