@@ -150,12 +150,30 @@ def test_no_change_tick_requests_no_run_and_costs_one_query_per_data_source(noti
     notion.reset_counters()
     quiet = sensor_tick(instance)
     assert quiet.run_requests == [] and f"{database}: unchanged" in str(quiet.skip_reason)
-    assert dict(notion.calls) == {DATABASE: 1, QUERY: 2}
+    # The data source ids come from the committed mark: no database read, one query per data source.
+    assert dict(notion.calls) == {QUERY: 2}
     probes = [body for _, _, body in notion.request_log if body]
     assert all(b["page_size"] == 1 and b["filter"]["timestamp"] == "last_edited_time" for b in probes)
 
     notion.edit_row(rows[2], "A new step")
     assert [r.partition_key for r in sensor_tick(instance).run_requests] == [database]
+
+
+def test_a_data_source_removed_from_the_database_is_noticed_by_the_next_tick(notion_env, notion, instance):
+    database, [tasks, notes] = notion.add_database("Team space", data_sources=("Tasks", "Notes"))
+    notion.add_row(tasks, "Task", nested_blocks(1))
+    notion.add_row(notes, "Note", nested_blocks(2))
+    notion_env.setenv("NOTION_DATABASE_IDS", database)
+    instance.add_dynamic_partitions("notion_partitions", [database])
+    assert materialize_partition(instance, database, source="notion").success
+
+    del notion.data_sources[notes]  # the cached id now answers 404, so the probe reads the database again
+    notion.databases[database]["data_sources"] = [s for s in notion.databases[database]["data_sources"]
+                                                  if s["id"] != notes]
+    notion.reset_counters()
+    tick = sensor_tick(instance)
+    assert [r.partition_key for r in tick.run_requests] == [database]
+    assert notion.calls[DATABASE] == 1
 
 
 def test_unshared_page_is_recorded_with_a_message_that_says_so_and_the_run_goes_on(

@@ -9,10 +9,14 @@ Change token: a row's `last_edited_time`, which Notion rounds to the minute. Two
   the raw stage fetches those rows once more, so a late edit in the same minute is never lost; the cost is
   one extra fetch of recently edited rows.
 
-The mark is `<latest last_edited_time>|<data source set>`: a data source added to or removed from the
-database moves it too. A probe costs one database read and one query per data source (page_size 1, newest
-first). Deletions: Notion's queries never return trashed rows, so a complete listing (every live row id, 100
-rows a call) is what finds archived and deleted rows; it is cheap enough to take on every sync, which is the
+The mark is `<latest last_edited_time>|<data source set>;<data source ids>[~settling]`: a data source added
+to or removed from the database moves it too. A probe costs one query per data source (page_size 1, newest
+first), with the data source ids read from the committed mark; without a mark, or when a cached id answers
+404, it reads the database first. So a data source added to a database is noticed by the next complete
+listing (which always reads the database), not by the probe.
+
+Deletions: Notion's queries never return trashed rows, so a complete listing (every live row id, 100 rows a
+call) is what finds archived and deleted rows; it is cheap enough to take on every sync, which is the
 default deletion strategy (NOTION_DELETION_STRATEGY). Trashed rows are filtered out of every listing.
 
 Blocks are fetched one level at a time, following `has_children` to the end, up to MAX_BLOCKS blocks and
@@ -231,16 +235,23 @@ class NotionSource(Source):
         return sha256_hex(*sorted(data_source_ids))[:12]
 
     def _mark(self, latest: str, data_source_ids: list[str]) -> str:
-        return f"{latest}|{self._sources_tag(data_source_ids)}" + (SETTLING if self._settling(latest) else "")
+        settling = SETTLING if self._settling(latest) else ""
+        return f"{latest}|{self._sources_tag(data_source_ids)};{','.join(data_source_ids)}{settling}"
 
     def _since(self, mark: str | None, data_source_ids: list[str]) -> str | None:
         """The filter start for a committed mark, or None when everything must be read again."""
         if not mark:
             return None
-        latest, _, rest = mark.partition("|")
-        if not latest or rest.removesuffix(SETTLING) != self._sources_tag(data_source_ids):
+        latest, _, tag = mark.removesuffix(SETTLING).partition(";")[0].partition("|")
+        if not latest or tag != self._sources_tag(data_source_ids):
             return None
         return (_parse_time(latest) - OVERLAP).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+
+    def _ids_in_mark(self, mark: str | None) -> list[str]:
+        """The data source ids a committed mark was made from (none for an older mark without them)."""
+        listed = (mark or "").removesuffix(SETTLING).partition(";")[2]
+        ids = listed.split(",") if listed else []
+        return ids if ids and self._since(mark, ids) is not None else []
 
     @staticmethod
     def _edited_filter(since: str | None) -> dict[str, Any] | None:
@@ -267,14 +278,28 @@ class NotionSource(Source):
         return database_id, title, list(database.get("data_sources") or [])
 
     def probe(self, partition: str, committed_mark: str | None) -> str:
+        ids = self._ids_in_mark(committed_mark)
+        if ids:
+            try:
+                return self._probe_sources(partition, ids, committed_mark)
+            except NotFoundError:
+                pass  # a data source was removed or unshared: read the database for its current ones
         _, _, sources = self._database(partition)
-        ids = [s["id"] for s in sources]
+        return self._probe_sources(partition, [s["id"] for s in sources], committed_mark, cached=False)
+
+    def _probe_sources(self, partition: str, ids: list[str], committed_mark: str | None,
+                       cached: bool = True) -> str:
         since = self._since(committed_mark, ids)
         latest = ""
         for source_id in ids:
             try:
                 answer = self.client.query_page(source_id, filter=self._edited_filter(since), page_size=1, sorts=[
                     {"timestamp": "last_edited_time", "direction": "descending"}])
+            except NotFoundError:
+                if cached:
+                    raise
+                raise PartitionError(f"notion data source {source_id} of database {partition} was not found"
+                                     ) from None
             except ApiError as error:
                 raise PartitionError(f"notion data source {source_id} of database {partition}: {error}") from None
             for row in answer.get("results") or []:
