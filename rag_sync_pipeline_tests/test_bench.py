@@ -36,4 +36,9 @@ def test_the_benchmark_measures_every_figure_and_writes_the_table_as_json(tmp_pa
     assert figures["sync_paragraph"]["summary"]["chunks_embedded"] >= 1
     assert all(figures[f"tick_{name}"]["runs_requested"] == 0 for name in ("confluence", "s3", "notion"))
     assert figures["search"]["rows"] == 3000
+    onnx = figures["onnx"]  # each backend measured in its own process, agreement on two corpora
+    assert onnx["sample_chunks"] == onnx["prose_chunks"] == 48
+    assert onnx["onnx_cosine_min"] > 0.999 and 0.9 < onnx["onnx-int8_cosine_min"] < 1
+    assert all(0 <= onnx[f"onnx-int8_top10_overlap_{name}"] <= 1 for name in ("questions", "sample_items",
+                                                                              "prose_items"))
     print(f"bench at 16 pages: {figures['bench_wall_s']} s")

@@ -17,6 +17,7 @@ from semantic_text_splitter import MarkdownSplitter
 from tokenizers import Tokenizer
 
 SPECIAL_TOKENS = 2  # [CLS] and [SEP] count against max_seq_length but not against the splitter's capacity
+_PARSER = MarkdownIt("commonmark").enable("table")  # reusable: building one per document cost ~0.5 ms
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,7 @@ class _Section:
 
 def _sections(markdown: str) -> list[_Section]:
     lines = markdown.split("\n")
-    tokens = MarkdownIt("commonmark").enable("table").parse(markdown)
+    tokens = _PARSER.parse(markdown)
     headings = []  # (start line, end line, level, title)
     for index, token in enumerate(tokens):
         if token.type == "heading_open" and token.map:
