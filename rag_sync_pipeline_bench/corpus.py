@@ -140,11 +140,15 @@ def render(spec: PageSpec) -> str:
 
 
 def populate_space(sim, space: str, pages: int, seed_base: int = 0, long_every: int = 50) -> dict[str, PageSpec]:
-    """A home page and its children in a simulator space: page id -> spec. Every `long_every`-th page is long."""
+    """A home page and its children in a simulator space: page id -> spec. Every `long_every`-th page is long.
+    Pages are written 30 simulated minutes apart, as a real space grows over months: an incremental listing
+    (lastmodified since the mark less the overlap) then names what changed, not every page written in the same
+    instant as the newest one."""
     sim.add_space(space)
     specs: dict[str, PageSpec] = {}
     home = None
     for index in range(pages):
+        sim.advance(minutes=30)
         spec = generate_page(seed_base + index, long=index % long_every == long_every - 1)
         page = sim.add_page(space, spec.title, render(spec), parent_id=home)
         home = home or page.id

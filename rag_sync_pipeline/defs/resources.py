@@ -6,6 +6,7 @@ from collections.abc import Mapping
 
 import dagster as dg
 
+from rag_sync_pipeline.settings import DEFAULT_EMBEDDING_BATCH_SIZE
 from rag_sync_pipeline.store import LanceStore
 from rag_sync_pipeline.transform.chunking import MarkdownChunker
 from rag_sync_pipeline.transform.embedding import Embedder, load_embedder
@@ -26,7 +27,7 @@ class EmbeddingModelResource(dg.ConfigurableResource):
 
     model: str
     device: str = "auto"
-    batch_size: int = 64
+    batch_size: int = DEFAULT_EMBEDDING_BATCH_SIZE
     max_tokens: int | None = None
     backend: str = "torch"
 

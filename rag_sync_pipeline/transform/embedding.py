@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from rag_sync_pipeline.settings import DEFAULT_EMBEDDING_BATCH_SIZE, default_model_path
+
 BACKENDS = ("torch", "onnx", "onnx-int8")
 # Modules whose output size is the transformer's: the vector size can be read from the pooling config.
 _SIZE_PRESERVING = {"sentence_transformers.models.Transformer", "sentence_transformers.models.Pooling",
@@ -49,7 +51,7 @@ def _read_json(path: Path) -> dict | list | None:
 class Embedder:
     model_id: str
     model: object = None  # sentence_transformers.SentenceTransformer (or the ONNX runner), loaded on first use
-    batch_size: int = 64
+    batch_size: int = DEFAULT_EMBEDDING_BATCH_SIZE
     source: str = ""  # the name or path it was loaded from
     device: str = "auto"
     backend: str = "torch"
@@ -148,8 +150,6 @@ def model_id_for(model: str, backend: str = "torch") -> str:
     model_id = model
     path = Path(model)
     if path.is_dir():
-        from rag_sync_pipeline.settings import default_model_path
-
         if path.resolve() == Path(default_model_path()).resolve():
             model_id = "sentence-transformers/all-MiniLM-L6-v2"
         else:
@@ -158,7 +158,8 @@ def model_id_for(model: str, backend: str = "torch") -> str:
 
 
 @functools.lru_cache(maxsize=4)
-def load_embedder(model: str, device: str = "auto", batch_size: int = 64, backend: str = "torch") -> Embedder:
+def load_embedder(model: str, device: str = "auto", batch_size: int = DEFAULT_EMBEDDING_BATCH_SIZE,
+                  backend: str = "torch") -> Embedder:
     """The embedder for `model`; nothing heavy is imported until it encodes."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown embedding backend {backend!r} (expected one of {', '.join(BACKENDS)})")
@@ -176,5 +177,5 @@ def query_encoder(declared, configured_model: str, device: str = "auto", backend
         if declared.model_ref and (Path(declared.model_ref).is_dir() or not declared.model_ref.startswith("/")):
             model = declared.model_ref
             backend = "onnx-int8" if declared.model_id.endswith("+onnx-int8") else "torch"
-    embedder = load_embedder(model, device, 64, backend)
+    embedder = load_embedder(model, device, backend=backend)
     return lambda text: embedder.encode([text])[0]
