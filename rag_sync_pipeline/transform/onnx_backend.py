@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from rag_sync_pipeline.settings import DEFAULT_EMBEDDING_BATCH_SIZE
+
 _EXPORT_LOCK = threading.Lock()
 
 
@@ -120,7 +122,7 @@ class OnnxSentenceModel:
         pooled = (hidden * mask).sum(axis=1) / np.clip(mask.sum(axis=1), 1e-9, None)
         return pooled / np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
 
-    def encode(self, texts: list[str], batch_size: int = 32, **_options) -> np.ndarray:
+    def encode(self, texts: list[str], batch_size: int = DEFAULT_EMBEDDING_BATCH_SIZE, **_options) -> np.ndarray:
         # Longest first, as sentence-transformers does, so each batch pads to similar lengths.
         order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
         out = np.zeros((len(texts), 0), dtype=np.float32)

@@ -285,10 +285,12 @@ class NotionSource(Source):
             except NotFoundError:
                 pass  # a data source was removed or unshared: read the database for its current ones
         _, _, sources = self._database(partition)
-        return self._probe_sources(partition, [s["id"] for s in sources], committed_mark, cached=False)
+        try:
+            return self._probe_sources(partition, [s["id"] for s in sources], committed_mark)
+        except NotFoundError as error:
+            raise PartitionError(f"notion database {partition}: {error}") from None
 
-    def _probe_sources(self, partition: str, ids: list[str], committed_mark: str | None,
-                       cached: bool = True) -> str:
+    def _probe_sources(self, partition: str, ids: list[str], committed_mark: str | None) -> str:
         since = self._since(committed_mark, ids)
         latest = ""
         for source_id in ids:
@@ -296,10 +298,7 @@ class NotionSource(Source):
                 answer = self.client.query_page(source_id, filter=self._edited_filter(since), page_size=1, sorts=[
                     {"timestamp": "last_edited_time", "direction": "descending"}])
             except NotFoundError:
-                if cached:
-                    raise
-                raise PartitionError(f"notion data source {source_id} of database {partition} was not found"
-                                     ) from None
+                raise  # an id from the committed mark may be gone: probe() reads the database then
             except ApiError as error:
                 raise PartitionError(f"notion data source {source_id} of database {partition}: {error}") from None
             for row in answer.get("results") or []:
