@@ -25,8 +25,11 @@ from pathlib import Path
 import numpy as np
 
 from rag_sync_pipeline.settings import DEFAULT_EMBEDDING_BATCH_SIZE, default_model_path
+from rag_sync_pipeline.transform.allocator import release_free_memory
 
 BACKENDS = ("torch", "onnx", "onnx-int8")
+# Freed activation memory is handed back to the OS after this many texts (see transform.allocator).
+TEXTS_PER_TRIM = 256
 # Modules whose output size is the transformer's: the vector size can be read from the pooling config.
 _SIZE_PRESERVING = {"sentence_transformers.models.Transformer", "sentence_transformers.models.Pooling",
                     "sentence_transformers.models.Normalize"}
@@ -129,9 +132,13 @@ class Embedder:
     def encode(self, texts: list[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
-        vectors = self.loaded().encode(texts, batch_size=self.batch_size, normalize_embeddings=True,
-                                       convert_to_numpy=True, show_progress_bar=False)
-        return np.asarray(vectors, dtype=np.float32)
+        model = self.loaded()
+        parts = []
+        for start in range(0, len(texts), TEXTS_PER_TRIM):
+            parts.append(model.encode(texts[start:start + TEXTS_PER_TRIM], batch_size=self.batch_size,
+                                      normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False))
+            release_free_memory()
+        return np.asarray(np.concatenate(parts), dtype=np.float32)
 
 
 def _load_model(source: str, device: str, backend: str):
