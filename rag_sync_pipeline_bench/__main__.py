@@ -163,7 +163,7 @@ def rows_for(f: dict, pages: int) -> list[Row]:
             f"({onnx['onnx-int8_speedup']}x); cosine mean {onnx['onnx-int8_cosine_mean']}, "
             f"min {onnx['onnx-int8_cosine_min']}", ">= 1.5x", onnx["onnx-int8_speedup"] >= 1.5),
         Row(f"ONNX int8 top-10 overlap, real prose ({onnx['prose_chunks']} chunks of CPython's reference, "
-            "50 quoted sentences)", f"{onnx['onnx-int8_top10_overlap_prose_items']}", ">= 0.9",
+            f"{encoders.PROSE_QUERIES} quoted sentences)", f"{onnx['onnx-int8_top10_overlap_prose_items']}", ">= 0.9",
             onnx["onnx-int8_top10_overlap_prose_items"] >= 0.9),
         Row("ONNX int8 top-10 overlap, generated chunks (near-ties: see encoders.py)",
             f"{onnx['onnx-int8_top10_overlap_sample_items']} (quoted sentences), "

@@ -1,11 +1,20 @@
 """The ONNX Runtime backends against the sentence-transformers model they were exported from."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from rag_sync_pipeline.settings import default_model_path
 from rag_sync_pipeline.transform.embedding import Embedder, model_id_for
-from rag_sync_pipeline.transform.onnx_backend import export_paths
+from rag_sync_pipeline.transform.onnx_backend import (
+    OnnxSentenceModel,
+    ensure_exported,
+    export_paths,
+    load_tokenizer,
+    model_inputs,
+)
+from rag_sync_pipeline.transform.onnx_smoothing import calibration_texts, smooth
 
 SENTENCES = [
     "The database fails over to the replica when the primary stops answering health checks.",
@@ -36,10 +45,26 @@ def test_onnx_fp32_and_int8_vectors_agree_with_the_torch_model(embedder, onnx_ca
     assert fp32_vectors.shape == int8_vectors.shape == reference.shape == (len(SENTENCES), 384)
     assert np.allclose(np.linalg.norm(int8_vectors, axis=1), 1.0, atol=1e-4)
     assert (fp32_vectors * reference).sum(axis=1).min() > 0.9999
-    assert (int8_vectors * reference).sum(axis=1).min() > 0.9
+    # Smoothed before quantizing: plain dynamic int8 gave a mean of about 0.993 on real prose.
+    int8_cosines = (int8_vectors * reference).sum(axis=1)
+    print(f"int8 cosine to fp32: mean {int8_cosines.mean():.4f}, min {int8_cosines.min():.4f}")
+    assert int8_cosines.min() > 0.985 and int8_cosines.mean() > 0.995
     # Ranking survives quantization: each sentence's nearest neighbour among the others is the same.
     nearest = lambda v: np.argsort(-(v @ v.T), axis=1)[:, 1]  # noqa: E731
     assert (nearest(int8_vectors) == nearest(reference)).mean() >= 5 / 6
+
+
+def test_smoothing_leaves_the_fp32_model_s_vectors_unchanged(onnx_cache, tmp_path):
+    """The rescaling moves range from activations into weights; in fp32 the model computes the same thing."""
+    folder = Path(default_model_path())
+    fp32 = ensure_exported(str(folder), quantized=False)
+    smoothed = tmp_path / "smoothed.onnx"
+    tokenizer = load_tokenizer(folder)
+    smooth(fp32, smoothed, lambda texts: model_inputs(tokenizer, texts))
+    before = OnnxSentenceModel(folder, fp32).encode(SENTENCES)
+    after = OnnxSentenceModel(folder, smoothed).encode(SENTENCES)
+    assert (before * after).sum(axis=1).min() > 0.99999
+    assert len(calibration_texts()) == 64  # calibrated on the bundled sample corpus
 
 
 def test_int8_vectors_are_another_model_and_fp32_onnx_is_the_same_one():

@@ -4,7 +4,8 @@ The export runs on this machine from the model folder (never downloaded) into a 
 (`RAG_ONNX_CACHE_DIR`, default ./data/models), keyed by the model's weights, and is reused by every later
 process. Inference needs only onnxruntime and tokenizers: mean pooling over the attention mask and L2
 normalisation, as the sentence-transformers pipeline of all-MiniLM-L6-v2 does. The int8 model is ONNX
-Runtime's dynamic quantization of the fp32 export (weights int8 per channel, activations quantized per batch).
+Runtime's dynamic quantization (weights int8 per channel, activations quantized per batch) of the fp32 export
+after a SmoothQuant-style rescaling (`transform.onnx_smoothing`).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def _weights_key(folder: Path) -> str:
 def export_paths(source: str) -> tuple[Path, Path]:
     folder = Path(source)
     target = cache_root() / f"{folder.resolve().name}-{_weights_key(folder)}"
-    return target / "model.onnx", target / "model_qint8_per_channel.onnx"
+    return target / "model.onnx", target / "model_qint8_smoothed.onnx"
 
 
 def _export(folder: Path, target: Path) -> None:
@@ -58,7 +59,7 @@ def _export(folder: Path, target: Path) -> None:
     sample = {name: torch.ones((2, 8), dtype=torch.long) for name in names}
     axes = {name: {0: "batch", 1: "sequence"} for name in names}
     axes["last_hidden_state"] = {0: "batch", 1: "sequence"}
-    partial = target.with_suffix(".partial")
+    partial = _partial(target)
     with torch.no_grad():
         torch.onnx.export(model, (sample["input_ids"], sample["attention_mask"], sample["token_type_ids"]),
                           str(partial), input_names=names, output_names=["last_hidden_state"],
@@ -66,13 +67,41 @@ def _export(folder: Path, target: Path) -> None:
     partial.replace(target)  # another process never sees half a file
 
 
-def _quantize(fp32: Path, target: Path) -> None:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+def _quantize(folder: Path, fp32: Path, target: Path) -> None:
+    from rag_sync_pipeline.transform import onnx_smoothing
 
-    partial = target.with_suffix(".partial")
-    # Per-channel scales keep the vectors much closer to fp32 (cosine ~0.99 against ~0.94 per tensor).
-    quantize_dynamic(str(fp32), str(partial), weight_type=QuantType.QInt8, per_channel=True)
+    tokenizer = load_tokenizer(folder)
+    smoothed, partial = _partial(target, "smoothed"), _partial(target)
+    try:
+        onnx_smoothing.smooth(fp32, smoothed, lambda texts: model_inputs(tokenizer, texts))
+        onnx_smoothing.quantize(smoothed, partial)
+    finally:
+        smoothed.unlink(missing_ok=True)
     partial.replace(target)
+
+
+def _partial(target: Path, kind: str = "partial") -> Path:
+    """A name of this process's own for a file being written: another process exporting at the same time
+    writes its own, and the rename into place is atomic."""
+    return target.with_name(f"{target.stem}.{os.getpid()}.{kind}.onnx")
+
+
+def load_tokenizer(folder: Path):
+    """The model's fast tokenizer, truncating at its window and padding each batch to its longest text."""
+    from tokenizers import Tokenizer
+
+    config = json.loads((folder / "sentence_bert_config.json").read_text())
+    tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    tokenizer.enable_truncation(int(config.get("max_seq_length", 256)))
+    tokenizer.enable_padding()
+    return tokenizer
+
+
+def model_inputs(tokenizer, texts: list[str]) -> dict[str, np.ndarray]:
+    encodings = tokenizer.encode_batch(texts)
+    return {"input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
+            "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
+            "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64)}
 
 
 def ensure_exported(source: str, quantized: bool) -> Path:
@@ -86,7 +115,7 @@ def ensure_exported(source: str, quantized: bool) -> Path:
         if not fp32.exists():
             _export(folder, fp32)
         if quantized and not int8.exists():
-            _quantize(fp32, int8)
+            _quantize(folder, fp32, int8)
     return int8 if quantized else fp32
 
 
@@ -95,13 +124,9 @@ class OnnxSentenceModel:
 
     def __init__(self, folder: Path, onnx_file: Path) -> None:
         import onnxruntime
-        from tokenizers import Tokenizer
 
-        config = json.loads((folder / "sentence_bert_config.json").read_text())
-        self.max_seq_length = int(config.get("max_seq_length", 256))
-        self.tokenizer_file = Tokenizer.from_file(str(folder / "tokenizer.json"))
-        self.tokenizer_file.enable_truncation(self.max_seq_length)
-        self.tokenizer_file.enable_padding()
+        self.tokenizer_file = load_tokenizer(folder)
+        self.max_seq_length = self.tokenizer_file.truncation["max_length"]
         options = onnxruntime.SessionOptions()
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.session = onnxruntime.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])
@@ -113,10 +138,7 @@ class OnnxSentenceModel:
         return self.dimension or int(self.encode(["dimension"]).shape[1])
 
     def _batch(self, texts: list[str]) -> np.ndarray:
-        encodings = self.tokenizer_file.encode_batch(texts)
-        feed = {"input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
-                "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
-                "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64)}
+        feed = model_inputs(self.tokenizer_file, texts)
         hidden = self.session.run(None, {k: v for k, v in feed.items() if k in self.inputs})[0]
         mask = feed["attention_mask"][..., None].astype(np.float32)
         pooled = (hidden * mask).sum(axis=1) / np.clip(mask.sum(axis=1), 1e-9, None)
