@@ -7,7 +7,11 @@ type in CLIENT_FACTORIES; sources without one build their own client from their 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import threading
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -38,11 +42,34 @@ def s3_client(config: SourceConfig, environ: Mapping[str, str]) -> Any:
     if options.get("endpoint_url"):
         check_url_security(str(options["endpoint_url"]), allow_insecure_http=insecure_http_allowed(options, environ),
                            setting=f"s3 source {config.name!r} endpoint_url")
+    settings = {"region_name": options.get("region") or None, "endpoint_url": options.get("endpoint_url") or None,
+                "profile_name": options.get("profile") or None, **secrets}
+    # boto3's own chain reads these; a change to them (rotated keys) must build a new client.
+    chain = {name: value for name, value in environ.items() if name.startswith("AWS_")}
+    return _reused(json.dumps([settings, chain], sort_keys=True), lambda: _build_s3_client(settings))
+
+
+def _build_s3_client(settings: dict[str, Any]) -> Any:
     from dagster_aws.s3 import S3Resource  # here, not above: `rag-sync sync` of other sources skips Dagster
 
-    resource = S3Resource(region_name=options.get("region") or None, endpoint_url=options.get("endpoint_url") or None,
-                          profile_name=options.get("profile") or None, **secrets)
-    return resource.get_client()
+    return S3Resource(**settings).get_client()
+
+
+# Building a boto3 client costs ~170 ms (botocore loads its service models), a good part of a sensor tick: a
+# process reuses one per configuration for a while. The key is a digest of all it was built from.
+CLIENT_REUSE_SECONDS = 900
+_clients: dict[str, tuple[float, Any]] = {}
+_clients_lock = threading.Lock()
+
+
+def _reused(key: str, build: Callable[[], Any]) -> Any:
+    digest = hashlib.sha256(key.encode()).hexdigest()
+    with _clients_lock:
+        built_at, client = _clients.get(digest, (0.0, None))
+        if client is None or time.monotonic() - built_at > CLIENT_REUSE_SECONDS:
+            client = build()
+            _clients[digest] = (time.monotonic(), client)
+        return client
 
 
 CLIENT_FACTORIES: dict[str, Callable[[SourceConfig, Mapping[str, str]], Any]] = {"s3": s3_client}
