@@ -549,3 +549,19 @@ def test_sources_file_names_credential_variables_and_refuses_secrets(clean_env, 
     sources.write_text("sources:\n  - {name: leaky, type: s3, buckets: [x], aws_secret_access_key: abc}\n")
     with pytest.raises(ConfigurationError, match="name the environment variable"):
         load_settings()
+
+
+def test_a_process_reuses_its_s3_client_until_the_configuration_or_credentials_change():
+    """Building a boto3 client costs ~170 ms of every sensor tick; it is reused while nothing it was built from
+    changed, and rebuilt when the credentials in the environment do (rotated keys)."""
+    from rag_sync_pipeline.defs.clients import s3_client
+    from rag_sync_pipeline.settings import SourceConfig
+
+    config = SourceConfig("docs", "s3", {"buckets": ["reuse-bucket"], "region": "us-east-1",
+                                         "endpoint_url": "http://127.0.0.1:9", "allow_insecure_http": True})
+    environ = {"AWS_ACCESS_KEY_ID": "first-key", "AWS_SECRET_ACCESS_KEY": "first-secret"}
+    first = s3_client(config, environ)
+    assert s3_client(config, dict(environ)) is first
+    assert s3_client(config, {**environ, "AWS_SECRET_ACCESS_KEY": "rotated-secret"}) is not first
+    other_region = SourceConfig("docs", "s3", {**config.options, "region": "eu-west-1"})
+    assert s3_client(other_region, environ) is not first
