@@ -417,6 +417,7 @@ def notion_simulator(simulator: NotionSimulator | None = None) -> Iterator[Notio
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True  # headers and body go out in two writes; don't wait for delayed ACKs
 
         def log_message(self, *args) -> None:
             pass
