@@ -9,6 +9,7 @@ process; every sync runs as `rag-sync sync` in a child process, whose peak memor
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import sys
 import tempfile
@@ -18,6 +19,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from rag_sync_pipeline.settings import DEFAULT_EMBEDDING_BATCH_SIZE  # noqa: E402
 from rag_sync_pipeline.store import LanceStore  # noqa: E402
 from rag_sync_pipeline_bench import encoders, scenarios, search_latency, ticks  # noqa: E402
 from rag_sync_pipeline_bench.report import Row, render_table, write_json  # noqa: E402
@@ -46,11 +48,15 @@ def confluence_figures(root: Path, pages: int, onnx_sample: int, search_rows: in
         full = scenarios.confluence_workspace(root / "full", sim, SPACE)
         figures["sync_full"] = scenarios.sync(full, sim)
 
-        log("figure 1: raw encode of the same chunks")
+        log("figure 1: SentenceTransformer.encode, with its defaults, on the same chunks")
         texts = scenarios.chunk_texts(full, "confluence", SPACE)
         asked = encoders.queries()
-        raw = encoders.measure("torch", texts, {"questions": asked})
+        raw = encoders.measure(encoders.SENTENCE_TRANSFORMERS_DEFAULTS, texts, {"questions": asked})
         figures["raw_encode"] = {k: raw[k] for k in ("chunks", "chunks_per_s", "cpu_s", "load_s")}
+        log("the same model as the pipeline runs it (its batch size), on a quarter of the chunks")
+        sample = random.Random(3).sample(texts, len(texts) // 4)
+        tuned = encoders.measure("torch", sample)
+        figures["pipeline_encode"] = {k: tuned[k] for k in ("chunks", "chunks_per_s", "cpu_s", "load_s")}
 
         log("figure 8: rag-sync sync with nothing changed")
         figures["sync_unchanged"] = scenarios.sync(full, sim)
@@ -113,13 +119,22 @@ def rows_for(f: dict, pages: int) -> list[Row]:
     beyond = (inc["wall_s"] - unchanged["wall_s"]) / full["wall_s"]
     quarter_rss, full_rss = f["sync_quarter"]["peak_rss_mb"], full["peak_rss_mb"]
     onnx, search = f["onnx"], f["search"]
-    stages = ", ".join(f"{k} {v:.1f}s" for k, v in full["stages_s"].items())
+    stages = ", ".join(f"{k} {v:.1f}s ({full['stages_cpu_s'].get(k, 0):.0f} CPU-s)"
+                       for k, v in full["stages_s"].items())
+    tuned = f["pipeline_encode"]
+    batch = DEFAULT_EMBEDDING_BATCH_SIZE
     rows = [
-        Row("(1) raw SentenceTransformer.encode", f"{raw['chunks_per_s']:.1f} chunks/s on {raw['chunks']} chunks"),
+        Row("(1) raw SentenceTransformer.encode (its defaults: batch 32)",
+            f"{raw['chunks_per_s']:.1f} chunks/s on {raw['chunks']} chunks"),
+        Row(f"    the same model as the pipeline runs it (batch {batch})",
+            f"{tuned['chunks_per_s']:.1f} chunks/s on {tuned['chunks']} of the chunks "
+            f"({tuned['chunks_per_s'] / raw['chunks_per_s']:.2f}x (1))"),
         Row(f"(2) full sync, {pages} pages (rag-sync sync)",
             f"{full['wall_s']:.0f} s: {pages / full['wall_s']:.2f} pages/s, {full_rate:.1f} chunks/s"),
-        Row("    where the time went (stage durations)", stages),
+        Row("    where the time went (stage wall time, CPU of the sync process)", stages),
         Row("(2)/(1)", f"{ratio:.2f}", ">= 0.9", ratio >= 0.9),
+        Row(f"(2) against the model at batch {batch}: the pipeline's own overhead",
+            f"{full_rate / tuned['chunks_per_s']:.2f}"),
         Row("(2)/(1) by CPU time (robust to a shared machine)",
             f"{raw['cpu_s'] / full['cpu_s']:.2f} (encode {raw['cpu_s']:.0f} CPU-s, sync {full['cpu_s']:.0f} CPU-s)",
             ">= 0.9", raw["cpu_s"] / full["cpu_s"] >= 0.9),

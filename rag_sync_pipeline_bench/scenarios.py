@@ -29,7 +29,8 @@ def sync(workspace: Workspace, sim=None, source: str = "confluence", partition: 
     return {"wall_s": round(result.wall_s, 2), "cpu_s": round(result.cpu_s, 2),
             "peak_rss_mb": round(result.peak_rss_bytes / 2**20, 1),
             "api_calls": sum(sim.calls.values()) if sim is not None else None, "summary": summary,
-            "stages_s": stage_durations(workspace, summary["run_id"])}
+            "stages_s": stage_durations(workspace, summary["run_id"]),
+            "stages_cpu_s": stage_durations(workspace, summary["run_id"], "cpu_s")}
 
 
 def chunk_texts(workspace: Workspace, source: str, partition: str) -> list[str]:

@@ -4,6 +4,7 @@ import pytest
 
 from rag_sync_pipeline.store import LanceStore
 from rag_sync_pipeline.store.lance import partition_filter
+from rag_sync_pipeline.sync import lookahead
 from rag_sync_pipeline_tests.conftest import paragraph
 from rag_sync_pipeline_tests.dagster_support import check_results, materialize_partition, stage_metadata
 
@@ -32,6 +33,10 @@ def test_materialize_all_four_stages_for_one_partition(local_env, instance, lanc
     assert set(meta) == set(TABLES)
     assert meta["raw_documents"]["documents_added"] == 3
     assert meta["embeddings"]["chunks_embedded"] == meta["embeddings"]["rows_total"] > 3
+    # Some of them may have been encoded while documents were fetched; the step took that look-ahead's vectors.
+    assert 0 <= meta["embeddings"]["chunks_embedded_ahead"] <= meta["embeddings"]["chunks_embedded"]
+    assert lookahead._active == {}
+    assert meta["embeddings"]["cpu_s"] > 0
     assert all(check_results(result).values()) and len(check_results(result)) == 5
     evaluations = [e.event_specific_data for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"]
     assert {e.partition for e in evaluations} == {"eng"}  # one partition's result never hides another's

@@ -32,6 +32,8 @@ def test_the_benchmark_measures_every_figure_and_writes_the_table_as_json(tmp_pa
     figures = document["figures"]
     assert figures["sync_full"]["summary"]["documents_added"] == 16
     assert figures["raw_encode"]["chunks"] == figures["sync_full"]["summary"]["chunks_embedded"] > 16
+    assert figures["pipeline_encode"]["chunks"] == figures["raw_encode"]["chunks"] // 4
+    assert set(figures["sync_full"]["stages_cpu_s"]) == {"raw_documents", "markdown", "chunks", "embeddings"}
     assert figures["sync_unchanged"]["summary"]["chunks_embedded"] == 0
     assert figures["sync_paragraph"]["summary"]["chunks_embedded"] >= 1
     assert all(figures[f"tick_{name}"]["runs_requested"] == 0 for name in ("confluence", "s3", "notion"))

@@ -19,9 +19,18 @@ from rag_sync_pipeline.settings import Settings, SourceConfig
 from rag_sync_pipeline.sources import PartitionError
 from rag_sync_pipeline.store import LanceStore
 from rag_sync_pipeline.store.lance import now
+from rag_sync_pipeline.sync import lookahead
 from rag_sync_pipeline.sync.freshness import health_markdown, partition_health
 from rag_sync_pipeline.sync.report import StageReport
-from rag_sync_pipeline.sync.stages import StageRun, sync_chunks, sync_embeddings, sync_markdown, sync_raw
+from rag_sync_pipeline.sync.stages import (
+    StageRun,
+    cached_vectors,
+    markdown_of,
+    sync_chunks,
+    sync_embeddings,
+    sync_markdown,
+    sync_raw,
+)
 
 FULL_REFRESH_TAG = "rag_sync/full_refresh"
 RECONCILE_TAG = "rag_sync/reconcile"
@@ -64,6 +73,23 @@ def _stage_run(context: dg.AssetExecutionContext, store: LanceStore, config: Sou
 def _run_embeds(context: dg.AssetExecutionContext, config: SourceConfig) -> bool:
     selection = context.run.asset_selection  # None or empty: the whole job
     return not selection or stage_key(config, "embeddings") in selection
+
+
+def _look_ahead_key(context: dg.AssetExecutionContext, config: SourceConfig) -> tuple[str, str, str]:
+    return context.run.run_id, config.name, context.partition_key
+
+
+def _start_look_ahead(context: dg.AssetExecutionContext, config: SourceConfig, run: StageRun,
+                      embedding_model: EmbeddingModelResource) -> lookahead.LookAhead | None:
+    """Load the model and encode while documents are fetched (the stages share this process:
+    in_process_executor); the embeddings step of the same run takes the vectors."""
+    embedder = embedding_model.get_embedder()
+    run.warm_up = embedder.warm_up
+    ahead = lookahead.start(_look_ahead_key(context, config), embedder, embedding_model.get_chunker,
+                            lambda row: markdown_of(run, row)[0],
+                            lambda hashes: cached_vectors(run, embedder.model_id, hashes, ("text_hash",)))
+    run.look_ahead = ahead.submit if ahead is not None else None
+    return ahead
 
 
 def _metadata(report: StageReport, store: LanceStore, table: str) -> dict:
@@ -117,17 +143,19 @@ def build_source_assets(config: SourceConfig, settings: Settings) -> list[dg.Ass
                       embedding_model: EmbeddingModelResource) -> dg.MaterializeResult:
         store = lancedb.get_store()
         source = source_for(config, source_secrets.values)
+        ahead = None
         try:
             run = _stage_run(context, store, config, settings)
             if _run_embeds(context, config):
-                # The stages run in this process (in_process_executor): load the model while documents are fetched.
-                run.warm_up = embedding_model.get_embedder().warm_up
+                ahead = _start_look_ahead(context, config, run, embedding_model)
             reconcile = context.run.tags.get(RECONCILE_TAG, "").lower() == "true"
             report = sync_raw(run, source, reconcile=reconcile)
         except PartitionError as error:
             raise dg.Failure(description=str(error)) from None
         finally:
             source.close()
+            if ahead is not None:
+                ahead.stop()  # encoding beside the CPU-bound markdown and chunks stages slowed them more than it saved
         return dg.MaterializeResult(metadata=_metadata(report, store, "raw_documents"),
                                     check_results=[checks.failures_check(report)])
 
@@ -158,7 +186,7 @@ def build_source_assets(config: SourceConfig, settings: Settings) -> list[dg.Ass
         store = lancedb.get_store()
         embedder = embedding_model.get_embedder()
         run = _stage_run(context, store, config, settings)
-        report = sync_embeddings(run, embedder)
+        report = sync_embeddings(run, embedder, lookahead.finish(_look_ahead_key(context, config)))
         metadata = {**_metadata(report, store, "embeddings"), "model": embedder.model_id,
                     **_sync_health(context, store, config, partitions)}
         return dg.MaterializeResult(metadata=metadata, check_results=[

@@ -12,6 +12,7 @@ sensor compares with the source.
 
 from __future__ import annotations
 
+import itertools
 import re
 import time
 from collections.abc import Callable
@@ -20,6 +21,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import PurePosixPath
 from typing import Any
+
+import numpy as np
 
 from rag_sync_pipeline.identity import canonical_json, chunk_id, document_key, sha256_hex
 from rag_sync_pipeline.settings import DEFAULT_FETCH_CONCURRENCY, DEFAULT_MAX_MARKDOWN_BYTES
@@ -55,6 +58,14 @@ class StageRun:
     log: Callable[[str], None] = field(default=print)
     # called once the raw stage knows documents changed: starts loading the model while they are fetched
     warm_up: Callable[[], None] | None = None
+    # given each fetched document's row: starts the later stages' work on it early (see sync.lookahead)
+    look_ahead: Callable[[list[dict[str, Any]]], None] | None = None
+
+
+@dataclass(frozen=True)
+class StageClock:
+    wall: float = field(default_factory=time.monotonic)
+    cpu: float = field(default_factory=time.process_time)
 
 
 @dataclass
@@ -114,14 +125,15 @@ def _reconcile(run: StageRun, stage: str, table: str, schema, key: str, upstream
 
 
 def _finish(run: StageRun, stage: str, table: str, mark: str | None, report: StageReport,
-            started: float, reconciled_at: datetime | None = None) -> StageReport:
+            started: StageClock, reconciled_at: datetime | None = None) -> StageReport:
     ledger = run.store.read_ledger(stage, run.source, run.partition)
     report.documents_total = sum(1 for entry in ledger.values() if entry.doc_hash is not None)
     report.rows_total = run.store.count_rows(table, partition_filter(run.source, run.partition))
     report.mark = mark
     run.store.write_partition_state(run.source, run.partition, stage, mark, report.documents_total,
                                     report.rows_total, run.run_id, reconciled_at)
-    report.duration_s = round(time.monotonic() - started, 3)
+    report.duration_s = round(time.monotonic() - started.wall, 3)
+    report.cpu_s = round(time.process_time() - started.cpu, 2)
     return report
 
 
@@ -146,7 +158,7 @@ def sync_raw(run: StageRun, source: Source, *, reconcile: bool = False) -> Stage
     An incremental source lists only what moved since the committed mark, unless its deletion strategy
     (or `reconcile`, or a full refresh) calls for a complete listing.
     """
-    started, report = time.monotonic(), StageReport("raw_documents")
+    started, report = StageClock(), StageReport("raw_documents")
     calls_before = source.api_calls
     committed = run.store.read_partition_state(run.source, run.partition).get("raw_documents")
     reconciled_at = committed.get("reconciled_at") if committed else None
@@ -160,11 +172,14 @@ def sync_raw(run: StageRun, source: Source, *, reconcile: bool = False) -> Stage
 
     transient_failures: list[str] = []
 
-    def fetch_one(doc_id: str) -> tuple[str, Any]:
+    def fetch_one(doc_id: str) -> tuple[str, dict[str, Any] | DocumentError]:
         try:
-            return doc_id, source.fetch(run.partition, refs[doc_id])
+            row = _raw_row(run, doc_id, source.fetch(run.partition, refs[doc_id]))
         except DocumentError as error:
             return doc_id, error
+        if run.look_ahead is not None:
+            run.look_ahead([row])  # as soon as it is here, not once its whole batch is
+        return doc_id, row
 
     def fetch(batch: list[str]) -> BatchOutput:
         # Fetching waits on the network, so several documents are fetched at once; a PartitionError still
@@ -172,24 +187,14 @@ def sync_raw(run: StageRun, source: Source, *, reconcile: bool = False) -> Stage
         output = BatchOutput()
         with ThreadPoolExecutor(max_workers=max(1, run.fetch_concurrency)) as pool:
             results = list(pool.map(fetch_one, batch))
-        for doc_id, document in results:
-            if isinstance(document, DocumentError):
-                output.failures[doc_id] = str(document)
-                if not document.permanent:
+        for doc_id, row in results:
+            if isinstance(row, DocumentError):
+                output.failures[doc_id] = str(row)
+                if not row.permanent:
                     transient_failures.append(doc_id)
                 continue
-            path = " / ".join(document.path)
-            metadata_json = canonical_json(document.metadata)
-            doc_hash = sha256_hex(document.content, document.content_type, document.title, document.url, path,
-                                  metadata_json)
-            output.doc_hashes[doc_id] = doc_hash
-            output.rows.append({
-                "key": document_key(run.source, run.partition, doc_id), "source": run.source,
-                "partition": run.partition, "doc_id": doc_id, "title": document.title, "url": document.url,
-                "path": path, "last_modified": document.last_modified, "version": document.version,
-                "doc_hash": doc_hash, "content_type": document.content_type, "content": document.content,
-                "metadata_json": metadata_json, "synced_at": now(),
-            })
+            output.doc_hashes[doc_id] = row["doc_hash"]
+            output.rows.append(row)
         return output
 
     # A fetch can fail for reasons that heal without the version moving (a Notion page shared with the
@@ -208,6 +213,19 @@ def sync_raw(run: StageRun, source: Source, *, reconcile: bool = False) -> Stage
                    now() if listing.complete else reconciled_at)
 
 
+def _raw_row(run: StageRun, doc_id: str, document) -> dict[str, Any]:
+    path = " / ".join(document.path)
+    metadata_json = canonical_json(document.metadata)
+    doc_hash = sha256_hex(document.content, document.content_type, document.title, document.url, path, metadata_json)
+    return {
+        "key": document_key(run.source, run.partition, doc_id), "source": run.source, "partition": run.partition,
+        "doc_id": doc_id, "title": document.title, "url": document.url, "path": path,
+        "last_modified": document.last_modified, "version": document.version, "doc_hash": doc_hash,
+        "content_type": document.content_type, "content": document.content, "metadata_json": metadata_json,
+        "synced_at": now(),
+    }
+
+
 # -- markdown: every format to Markdown ------------------------------------------------------------------
 
 def clean_title(title: str) -> str:
@@ -215,7 +233,7 @@ def clean_title(title: str) -> str:
     return " ".join(CONTROL_CHARACTERS.sub(" ", title).split())[:MAX_TITLE_CHARS]
 
 
-def _markdown_of(run: StageRun, row: dict[str, Any]) -> tuple[str, str]:
+def markdown_of(run: StageRun, row: dict[str, Any]) -> tuple[str, str]:
     """(markdown, title found in it), or ConversionError naming the cause."""
     try:
         markdown, found_title = to_markdown(row["content"], row["content_type"])
@@ -231,7 +249,7 @@ def _markdown_of(run: StageRun, row: dict[str, Any]) -> tuple[str, str]:
 
 
 def sync_markdown(run: StageRun) -> StageReport:
-    started, report = time.monotonic(), StageReport("markdown")
+    started, report = StageClock(), StageReport("markdown")
     upstream, mark = _upstream(run, "raw_documents")
 
     def convert(batch: list[str]) -> BatchOutput:
@@ -239,7 +257,7 @@ def sync_markdown(run: StageRun) -> StageReport:
         for row in run.store.read_documents(schemas.RAW_TABLE, run.source, run.partition, batch):
             doc_id = row["doc_id"]
             try:
-                markdown, found_title = _markdown_of(run, row)
+                markdown, found_title = markdown_of(run, row)
             except ConversionError as error:
                 output.failures[doc_id] = f"{run.source} document {doc_id!r} in {run.partition}: {error}"
                 continue
@@ -268,7 +286,7 @@ def _missing_rows_fail(run: StageRun, batch: list[str], output: BatchOutput, ups
 # -- chunks: structure-aware, token-bounded --------------------------------------------------------------
 
 def sync_chunks(run: StageRun, chunker: MarkdownChunker, chunker_id: str) -> StageReport:
-    started, report = time.monotonic(), StageReport("chunks")
+    started, report = StageClock(), StageReport("chunks")
     upstream, mark = _upstream(run, "markdown")
     fingerprint = f"{CHUNKER_VERSION}:{chunker_id}:{chunker.max_tokens}"
 
@@ -306,19 +324,24 @@ def sync_chunks(run: StageRun, chunker: MarkdownChunker, chunker_id: str) -> Sta
 
 # -- embeddings: the final table; a vector is reused whenever (model, chunk text) is unchanged -----------
 
-def _cached_vectors(run: StageRun, model_id: str, text_hashes: list[str]) -> dict[str, list[float]]:
-    cached: dict[str, list[float]] = {}
+def cached_vectors(run: StageRun, model_id: str, text_hashes: list[str],
+                   columns: tuple[str, ...] = ("text_hash", "vector")) -> dict[str, list[float] | None]:
+    """The vector cache: the final table's vectors of `model_id` for these chunk texts (by hash). With
+    `columns=("text_hash",)`, only which of them it has (each value None)."""
+    cached: dict[str, list[float] | None] = {}
     if run.store.table(schemas.EMBEDDINGS_TABLE) is None:
         return cached
     for group in batched(sorted(set(text_hashes)), 500):
         where = f"model_id = {quote(model_id)} AND {in_list('text_hash', group)}"
-        for row in run.store.read(schemas.EMBEDDINGS_TABLE, where, ["text_hash", "vector"]).to_pylist():
-            cached.setdefault(row["text_hash"], row["vector"])
+        for row in run.store.read(schemas.EMBEDDINGS_TABLE, where, list(columns)).to_pylist():
+            cached.setdefault(row["text_hash"], row.get("vector"))
     return cached
 
 
-def sync_embeddings(run: StageRun, embedder: Embedder) -> StageReport:
-    started, report = time.monotonic(), StageReport("embeddings")
+def sync_embeddings(run: StageRun, embedder: Embedder, ready: dict[str, np.ndarray] | None = None) -> StageReport:
+    """`ready`: vectors this run's look-ahead already encoded, by text hash (taken out as they are used)."""
+    started, report = StageClock(), StageReport("embeddings")
+    ready = ready if ready is not None else {}
     upstream, mark = _upstream(run, "chunks")
     from rag_sync_pipeline.store.index_settings import embeddings_schema
     from rag_sync_pipeline.sync.rebuild import needs_rebuild, rebuild_embeddings
@@ -333,12 +356,15 @@ def sync_embeddings(run: StageRun, embedder: Embedder) -> StageReport:
     def embed(batch: list[str]) -> BatchOutput:
         output = BatchOutput()
         chunks = run.store.read_documents(schemas.CHUNKS_TABLE, run.source, run.partition, batch)
-        vectors = _cached_vectors(run, embedder.model_id, [c["text_hash"] for c in chunks])
+        vectors = cached_vectors(run, embedder.model_id, [c["text_hash"] for c in chunks])
         missing = {c["text_hash"]: c["text"] for c in chunks if c["text_hash"] not in vectors}
-        if missing:
-            for text_hash, vector in zip(missing, embedder.encode(list(missing.values())), strict=True):
-                vectors[text_hash] = vector.tolist()
-        report.chunks_embedded += len(missing)
+        ahead = {h: ready.pop(h) for h in missing if h in ready}
+        to_encode = [h for h in missing if h not in ahead]
+        encoded = zip(to_encode, embedder.encode([missing[h] for h in to_encode]), strict=True) if to_encode else ()
+        for text_hash, vector in itertools.chain(ahead.items(), encoded):
+            vectors[text_hash] = vector.tolist()
+        report.chunks_embedded += len(missing)  # encoded in this run, here or ahead
+        report.chunks_embedded_ahead += len(ahead)
         report.chunks_reused += len(chunks) - sum(1 for c in chunks if c["text_hash"] in missing)
         for chunk in chunks:
             metadata = {k: chunk[k] for k in ("source", "partition", "doc_id", "title", "url", "heading_path",
