@@ -3,6 +3,7 @@ embeddings stage would have encoded, count as embedded in this run, and never re
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -81,6 +82,23 @@ def test_vectors_encoded_ahead_are_stored_and_counted_as_embedded(embedder, tmp_
     expected = embedder.encode([r["text"] for r in rows])
     assert min(float(np.dot(r["vector"], e)) for r, e in zip(rows, expected, strict=True)) > 0.9999
     assert lookahead.finish(key) == {}  # finished once; nothing left running for this run
+
+
+def test_documents_fetched_far_ahead_are_left_to_the_stages_and_let_go_on_stop(embedder):
+    busy = threading.Event()
+
+    def chunker_after_a_wait() -> MarkdownChunker:
+        busy.wait(30)  # the thread is held up here while the fetching goes on
+        return _chunker(embedder)
+
+    ahead = lookahead.LookAhead(embedder, chunker_after_a_wait, lambda row: row["markdown"], lambda h: [])
+    for number in range(10 * lookahead.MAX_WAITING):
+        ahead.submit([{"markdown": f"# Page {number}\n\n{paragraph('page')}"}])
+    waiting = ahead._queue.qsize() + len(ahead._pending)
+    assert waiting <= lookahead.MAX_WAITING + lookahead.DOCUMENTS_AT_ONCE
+    busy.set()
+    ahead.stop()
+    assert ahead._queue.empty() and ahead._pending == []
 
 
 def test_starting_a_look_ahead_stops_the_previous_one(embedder):

@@ -34,6 +34,9 @@ from rag_sync_pipeline.transform.embedding import Embedder
 
 # At most this many fetched documents are converted and chunked before their texts are encoded.
 DOCUMENTS_AT_ONCE = 25
+# Documents waiting for the thread beyond this are not looked at (the stages still do them): fetching can run
+# far ahead of encoding, and each waiting row holds its document's content.
+MAX_WAITING = 4 * DOCUMENTS_AT_ONCE
 # Texts encoded between two looks at the stop flag: the embeddings stage waits at most one slice (~1 s).
 SLICE = 16
 # The most vectors held (~75 MB at 384 dimensions); beyond it the rest is left to the embeddings stage.
@@ -63,7 +66,7 @@ class LookAhead:
         self._thread.start()
 
     def submit(self, raw_rows: list[dict[str, Any]]) -> None:
-        if not self._stopping.is_set():
+        if not self._stopping.is_set() and self._queue.qsize() < MAX_WAITING:
             self._queue.put(raw_rows)
 
     def stop(self) -> dict[str, np.ndarray]:
@@ -71,6 +74,9 @@ class LookAhead:
         self._stopping.set()
         self._queue.put(None)
         self._thread.join()
+        self._pending = []
+        while not self._queue.empty():  # let go of the documents still waiting
+            self._queue.get_nowait()
         return self.vectors
 
     def _work(self) -> None:
